@@ -1,0 +1,10 @@
+"""Decision and learning core of slotbandit. Pure: no HTTP, no SQL, no clock.
+
+Modules:
+    errors      the exception tree of this package
+    features    structured features and their escaped Vowpal Wabbit text form
+    context     time / device / location / user features from plain request values
+    policies    policy configurations (vw, uniform, fixed) and the choosers built from them
+    sampling    reproducible sampling from a pmf, seeded by the event id
+    rewards     reward aggregation and the cost encoding used for learning
+"""

@@ -1,0 +1,385 @@
+"""Policies: validated configurations and the choosers built from them.
+
+A policy turns (context features, candidate blocks) into a pmf over the
+candidates. Kinds:
+
+- ``vw``: a Vowpal Wabbit ``--cb_explore_adf`` learner. Its arguments are built
+  from :class:`VWConfig`, a closed set of validated options; no raw argument
+  string from a client ever reaches VW.
+- ``uniform``: every candidate alike.
+- ``fixed``: always one block (uniform over the rest only if it is absent).
+
+Default VW configuration (ARCHITECTURE.md, "Default learning configuration"):
+SquareCB with ``--gamma_scale 1000``, context x action interactions and no
+linear terms for the shared (context) namespaces, costs in [0, 1]. In a
+bake-off on nine public datasets it scored 0.877 normalized against 0.729
+for epsilon-greedy 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import vowpalwabbit
+
+from bandits.errors import InvalidPolicy, ModelError
+from bandits.features import Features, FeatureValue, action_line, shared_line
+
+__all__ = [
+    "Candidate",
+    "Chooser",
+    "FixedPolicy",
+    "PolicyConfig",
+    "UniformPolicy",
+    "VWConfig",
+    "VWPolicy",
+    "build_chooser",
+    "cost_from_reward",
+]
+
+Exploration = Literal["squarecb", "epsilon", "cover", "bag", "softmax", "regcb", "first"]
+CbType = Literal["mtr", "ips", "dr", "dm"]
+PolicyKind = Literal["vw", "uniform", "fixed", "rules"]
+
+_CONTEXT_LETTERS = "TDLU"
+_ALLOWED_INTERACTIONS = frozenset(
+    {f"{c}A" for c in _CONTEXT_LETTERS} | {f"{a}{b}A" for a in _CONTEXT_LETTERS for b in _CONTEXT_LETTERS}
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One block offered to a decision."""
+
+    id: str
+    features: Mapping[str, FeatureValue] = field(default_factory=dict)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidPolicy(f"{name} must be a finite number", field=f"policy.vw.{name}")
+    if not low <= value <= high:
+        raise InvalidPolicy(f"{name} must be within [{low}, {high}]", field=f"policy.vw.{name}")
+
+
+@dataclass(frozen=True)
+class VWConfig:
+    """A validated ``--cb_explore_adf`` configuration."""
+
+    exploration: Exploration = "squarecb"
+    """Exploration algorithm."""
+    epsilon: float = 0.05
+    """Exploration share for ``epsilon`` (and the floor of ``cover``/``bag``)."""
+    gamma_scale: float = 1000.0
+    """SquareCB / RegCB greediness: larger exploits sooner."""
+    gamma_exponent: float = 0.5
+    """SquareCB gamma grows as gamma_scale * t ** gamma_exponent."""
+    cover: int = 3
+    """Number of policies for ``cover``."""
+    bag: int = 5
+    """Number of bootstrapped policies for ``bag``."""
+    softmax_lambda: float = 10.0
+    """Inverse temperature for ``softmax``."""
+    first: int = 100
+    """Explore-first: number of uniformly explored decisions."""
+    learning_rate: float = 0.5
+    """VW ``-l``."""
+    power_t: float = 0.5
+    """VW ``--power_t``: learning-rate decay exponent."""
+    l2: float = 0.0
+    """L2 regularisation."""
+    cb_type: CbType = "mtr"
+    """How costs are estimated for learning."""
+    interactions: tuple[str, ...] = ("TA", "DA", "LA", "UA")
+    """Context x action interactions (T time, D device, L location, U user, A block)."""
+    ignore_linear_context: bool = True
+    """Drop shared-only linear terms: they shift every action alike."""
+    bits: int = 18
+    """Hash table size in bits."""
+
+    def __post_init__(self) -> None:
+        if self.exploration not in ("squarecb", "epsilon", "cover", "bag", "softmax", "regcb", "first"):
+            raise InvalidPolicy(f"unknown exploration {self.exploration!r}", field="policy.vw.exploration")
+        if self.cb_type not in ("mtr", "ips", "dr", "dm"):
+            raise InvalidPolicy(f"unknown cb_type {self.cb_type!r}", field="policy.vw.cb_type")
+        _check_range("epsilon", self.epsilon, 0.0, 1.0)
+        _check_range("gamma_scale", self.gamma_scale, 1e-3, 1e6)
+        _check_range("gamma_exponent", self.gamma_exponent, 0.0, 1.0)
+        _check_range("softmax_lambda", self.softmax_lambda, 0.0, 1e4)
+        _check_range("learning_rate", self.learning_rate, 1e-6, 100.0)
+        _check_range("power_t", self.power_t, 0.0, 1.0)
+        _check_range("l2", self.l2, 0.0, 1.0)
+        for name, value, high in (("cover", self.cover, 64), ("bag", self.bag, 64), ("first", self.first, 10**7), ("bits", self.bits, 28)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise InvalidPolicy(f"{name} must be an integer within [1, {high}]", field=f"policy.vw.{name}")
+        if self.bits < 10:
+            raise InvalidPolicy("bits must be at least 10", field="policy.vw.bits")
+        if not isinstance(self.interactions, tuple) or len(self.interactions) > 20:
+            raise InvalidPolicy("interactions must be a list of at most 20 items", field="policy.vw.interactions")
+        for item in self.interactions:
+            if item not in _ALLOWED_INTERACTIONS:
+                raise InvalidPolicy(
+                    f"interaction {item!r} is not one of the context x action pairs "
+                    f"(e.g. 'TA', 'DA', 'LA', 'UA', 'TDA')",
+                    field="policy.vw.interactions",
+                )
+
+    def to_args(self) -> list[str]:
+        """The VW command line, token by token."""
+        args = ["--cb_explore_adf", "--quiet", "--cb_type", self.cb_type, "-b", str(self.bits)]
+        args += ["-l", repr(self.learning_rate), "--power_t", repr(self.power_t)]
+        if self.l2 > 0:
+            args += ["--l2", repr(self.l2)]
+        if self.exploration == "squarecb":
+            args += ["--squarecb", "--gamma_scale", repr(self.gamma_scale), "--gamma_exponent", repr(self.gamma_exponent)]
+        elif self.exploration == "regcb":
+            args += ["--regcbopt"]
+        elif self.exploration == "epsilon":
+            args += ["--epsilon", repr(self.epsilon)]
+        elif self.exploration == "cover":
+            args += ["--cover", str(self.cover), "--epsilon", repr(self.epsilon)]
+        elif self.exploration == "bag":
+            args += ["--bag", str(self.bag), "--epsilon", repr(self.epsilon)]
+        elif self.exploration == "softmax":
+            args += ["--softmax", "--lambda", repr(self.softmax_lambda)]
+        elif self.exploration == "first":
+            args += ["--first", str(self.first)]
+        for interaction in self.interactions:
+            args += ["--interactions", interaction]
+        if self.ignore_linear_context:
+            for letter in _CONTEXT_LETTERS:
+                args += ["--ignore_linear", letter]
+        return args
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VWConfig:
+        if not isinstance(data, Mapping):
+            raise InvalidPolicy("policy.vw must be an object", field="policy.vw")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidPolicy(f"unknown VW option {name!r}", field=f"policy.vw.{name}")
+        values = dict(data)
+        if "interactions" in values:
+            if not isinstance(values["interactions"], list | tuple):
+                raise InvalidPolicy("interactions must be a list", field="policy.vw.interactions")
+            values["interactions"] = tuple(values["interactions"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["interactions"] = list(self.interactions)
+        return data
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What a policy is: its kind plus the settings of that kind."""
+
+    kind: PolicyKind = "vw"
+    vw: VWConfig | None = None
+    """Only for ``vw``; ``None`` means the default configuration."""
+    block: str | None = None
+    """Only for ``fixed``: the block it always chooses."""
+    rules: Mapping[str, Any] | None = None
+    """Only for ``rules``: the validated rule list (see ``bandits.rules``)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("vw", "uniform", "fixed", "rules"):
+            raise InvalidPolicy(f"unknown policy kind {self.kind!r}", field="policy.kind")
+        if self.kind == "vw" and self.vw is None:
+            object.__setattr__(self, "vw", VWConfig())
+        if self.kind == "fixed" and (not isinstance(self.block, str) or not self.block):
+            raise InvalidPolicy("a fixed policy needs 'block'", field="policy.block")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyConfig:
+        if not isinstance(data, Mapping):
+            raise InvalidPolicy("policy must be an object", field="policy")
+        unknown = set(data) - {"kind", "vw", "block", "rules"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidPolicy(f"unknown policy field {name!r}", field=f"policy.{name}")
+        kind = data.get("kind", "vw")
+        vw = VWConfig.from_dict(data["vw"]) if data.get("vw") is not None else None
+        return cls(kind=kind, vw=vw, block=data.get("block"), rules=data.get("rules"))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        if self.vw is not None:
+            data["vw"] = self.vw.to_dict()
+        if self.block is not None:
+            data["block"] = self.block
+        if self.rules is not None:
+            data["rules"] = dict(self.rules)
+        return data
+
+
+def cost_from_reward(reward: float, reward_min: float, reward_max: float) -> float:
+    """Cost in [0, 1] for VW: (r_max - r) / (r_max - r_min), so untried actions look optimistic."""
+    span = reward_max - reward_min
+    clipped = min(max(reward, reward_min), reward_max)
+    return (reward_max - clipped) / span if span > 0 else 0.0
+
+
+class Chooser(Protocol):
+    """Anything that gives a pmf over candidates for a context."""
+
+    @property
+    def trained(self) -> bool: ...
+
+    def pmf(self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None = None) -> list[float]: ...
+
+
+class UniformPolicy:
+    trained = True
+
+    def pmf(self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None = None) -> list[float]:
+        return [1.0 / len(candidates)] * len(candidates)
+
+
+class FixedPolicy:
+    trained = True
+
+    def __init__(self, block: str) -> None:
+        self.block = block
+
+    def pmf(self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None = None) -> list[float]:
+        ids = [c.id for c in candidates]
+        if self.block in ids:
+            return [1.0 if i == self.block else 0.0 for i in ids]
+        return [1.0 / len(ids)] * len(ids)
+
+
+class VWPolicy:
+    """A ``cb_explore_adf`` workspace: predict pmfs, learn from costs, save and load.
+
+    Block examples are parsed once per catalog key and reused across requests
+    (parsing is ~90% of a text predict). Not thread-safe: one VWPolicy per
+    thread, or hold ``lock``.
+    """
+
+    def __init__(self, config: VWConfig, model: bytes | None = None, *, trained: bool | None = None) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self._action_cache: dict[str, list[vowpalwabbit.Example]] = {}
+        self.learned_examples = 0
+        if model is None:
+            self._ws = vowpalwabbit.Workspace(arg_list=config.to_args())
+        else:
+            self._ws = _workspace_from_bytes(config, model)
+        self._trained = bool(model) if trained is None else trained
+
+    @property
+    def trained(self) -> bool:
+        return self._trained
+
+    def _actions(self, candidates: Sequence[Candidate], catalog_key: str | None) -> list[vowpalwabbit.Example]:
+        if catalog_key is not None:
+            cached = self._action_cache.get(catalog_key)
+            if cached is not None:
+                return cached
+        examples = [
+            self._ws.example(action_line(c.id, c.features), vowpalwabbit.LabelType.CONTEXTUAL_BANDIT)
+            for c in candidates
+        ]
+        if catalog_key is not None:
+            if len(self._action_cache) > 256:
+                self._action_cache.clear()
+            self._action_cache[catalog_key] = examples
+        return examples
+
+    def pmf(self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None = None) -> list[float]:
+        """The model's pmf; uniform while untrained (logged honestly as such by the caller)."""
+        if not self._trained:
+            return [1.0 / len(candidates)] * len(candidates)
+        shared = self._ws.example(shared_line(context), vowpalwabbit.LabelType.CONTEXTUAL_BANDIT)
+        actions = self._actions(candidates, catalog_key)
+        multi = [shared, *actions]
+        try:
+            pmf = self._ws.predict(multi)
+        finally:
+            self._ws.finish_example(multi)
+        return [float(p) for p in pmf]
+
+    def scores(self, context: Features, candidates: Sequence[Candidate]) -> list[float]:
+        """Greedy view: the pmf of the current model (for replay and imitation checks)."""
+        return self.pmf(context, candidates)
+
+    def learn(
+        self,
+        context: Features,
+        candidates: Sequence[Candidate],
+        chosen_index: int,
+        cost: float,
+        probability: float,
+    ) -> None:
+        """One cb_explore_adf update with the label ``0:cost:probability`` on the chosen block."""
+        if not 0 <= chosen_index < len(candidates):
+            raise ModelError("chosen index outside the candidate set", field="chosen_index")
+        if not (0.0 < probability <= 1.0) or not math.isfinite(cost):
+            raise ModelError("learning needs 0 < probability <= 1 and a finite cost", field="probability")
+        lines = [shared_line(context)]
+        for index, candidate in enumerate(candidates):
+            line = action_line(candidate.id, candidate.features)
+            if index == chosen_index:
+                line = f"0:{cost!r}:{probability!r} {line}"
+            lines.append(line)
+        self._ws.learn(lines)
+        self.learned_examples += 1
+        self._trained = True
+
+    def save(self) -> bytes:
+        """The model as bytes (VW's binary model format)."""
+        handle, path = tempfile.mkstemp(suffix=".vw")
+        os.close(handle)
+        try:
+            self._ws.save(path)
+            with open(path, "rb") as stream:
+                return stream.read()
+        finally:
+            os.unlink(path)
+
+    def close(self) -> None:
+        self._action_cache.clear()
+        self._ws.finish()
+
+
+def _workspace_from_bytes(config: VWConfig, model: bytes) -> vowpalwabbit.Workspace:
+    if not model:
+        raise ModelError("empty model", field="model")
+    handle, path = tempfile.mkstemp(suffix=".vw")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(model)
+        try:
+            # VW keeps the reductions stored in the model; -i plus --quiet is enough.
+            return vowpalwabbit.Workspace(arg_list=["--quiet", "-i", path])
+        except Exception as error:  # VW raises plain RuntimeError on a bad model
+            raise ModelError(f"cannot load VW model: {error}", field="model") from error
+    finally:
+        os.unlink(path)
+
+
+def build_chooser(config: PolicyConfig, model: bytes | None = None) -> Chooser:
+    """The chooser for a policy config; ``vw`` starts from ``model`` when given."""
+    if config.kind == "uniform":
+        return UniformPolicy()
+    if config.kind == "fixed":
+        assert config.block is not None
+        return FixedPolicy(config.block)
+    if config.kind == "vw":
+        assert config.vw is not None
+        return VWPolicy(config.vw, model)
+    if config.kind == "rules":
+        from bandits.rules import RulesPolicy  # the rules kind lives in its own module
+
+        return RulesPolicy.from_config(config.rules or {})
+    raise InvalidPolicy(f"unknown policy kind {config.kind!r}", field="policy.kind")
