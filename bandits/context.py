@@ -228,7 +228,9 @@ def _time_features(
     if timestamp is None:
         timestamp = now
     if not isinstance(timestamp, datetime):
-        raise InvalidFeature("context.time.timestamp must be a date-time", field="context.time.timestamp")
+        raise InvalidFeature(
+            "context.time.timestamp must be a date-time", field="context.time.timestamp"
+        )
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         timestamp = timestamp.replace(tzinfo=UTC)
     if timezone is None:
@@ -523,7 +525,9 @@ def _location_features(
     features["country"] = country or "unknown"
 
     for name in ("region", "city"):
-        value = _explicit_string(explicit.get(name), f"context.location.{name}", limits.max_value_length)
+        value = _explicit_string(
+            explicit.get(name), f"context.location.{name}", limits.max_value_length
+        )
         if value is not None:
             features[name] = value
     return features
