@@ -89,6 +89,10 @@ def _namespace_text(namespace: str, values: Mapping[str, FeatureValue]) -> str:
 
 def shared_line(context: Features) -> str:
     """The ``shared`` example of one decision: one VW namespace per context group."""
+    unknown = set(context).difference(CONTEXT_NAMESPACES)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidFeature(f"unknown context group {name!r}", field=f"context.{name}")
     parts = ["shared"]
     for namespace in CONTEXT_NAMESPACES:
         values = context.get(namespace)
@@ -124,7 +128,7 @@ def validate_features(
         raise InvalidFeature(f"{field} has {len(values)} features; at most {max_features}", field=field)
     clean: dict[str, FeatureValue] = {}
     for name, value in values.items():
-        where = f"{field}.{name}"
+        where = f"{field}.{name}" if isinstance(name, str) and name else field
         if not isinstance(name, str) or not name or len(name) > max_name_length:
             raise InvalidFeature(
                 f"{field} feature names must be 1..{max_name_length} characters", field=where

@@ -1,0 +1,417 @@
+"""The Litestar application: v1 decision API, admin API, health and metrics.
+
+Thin shell: handlers decode and bound the request, call ``api.decide`` /
+``api.db.queries`` and turn errors into 4xx responses (``api.errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zoneinfo
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post, put
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import select
+
+from api import schemas
+from api.auth import KeyStore, require_admin, require_decide
+from api.db import queries
+from api.db.engine import make_engine, migrate
+from api.db.models import CatalogVersion, Policy, Slot
+from api.decide import Decider, response_from_row, unit_key
+from api.errors import ApiError, exception_handlers, msgspec_field
+from api.log_writer import DecisionWriter
+from api.metrics import Metrics
+from api.registry import Registry
+from api.settings import ServiceSettings, load_secret
+from bandits.features import validate_features
+from bandits.policies import PolicyConfig, VWConfig
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("slotbandit.app")
+
+
+def _decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
+    try:
+        return schemas.decode(body or b"{}", kind)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        field = msgspec_field(error)
+        for marker in ("unknown field `", "missing required field `"):
+            if marker in text:
+                name = text.split(marker, 1)[1].split("`", 1)[0]
+                field = f"{field}.{name}" if field else name
+        raise ApiError(400, "invalid_request", text, field) from error
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+
+
+def _state(request: Request) -> State:  # type: ignore[type-arg]
+    return request.app.state
+
+
+# -- decision API ----------------------------------------------------------------------
+
+
+@post("/v1/slots/{slot:str}/decide", guards=[require_decide], status_code=200)
+async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    started = time.perf_counter()
+    state = _state(request)
+    decider: Decider = state.decider
+    writer: DecisionWriter = state.writer
+    body = _decode(await request.body(), schemas.DecideRequest)
+    slot_state = decider.slot(slot)
+    if body.event_id is not None:
+        stored = writer.pending(body.event_id) or await asyncio.to_thread(_find_decision, state, body.event_id)
+        if stored is not None:
+            if stored["slot_id"] != slot_state.id:
+                raise ApiError(409, "event_id_conflict", "this event id belongs to another slot", "event_id")
+            features = await asyncio.to_thread(_candidate_features, state, stored)
+            return Response(response_from_row(stored, features, slot))
+    client = request.client.host if request.client else None
+    row = decider.decide(slot_state, body, decider.facts(body, request.headers, client))
+    try:
+        if state.settings.commit_before_response:
+            await writer.write(row)
+        else:
+            writer.submit(row)
+    except Exception as error:  # noqa: BLE001
+        stored = await asyncio.to_thread(_find_decision, state, row["event_id"])
+        if stored is None:
+            log.exception("decision log unavailable")
+            raise ApiError(503, "log_unavailable", "the decision log cannot be written; serve your default block",
+                           None) from error
+        row = stored  # a concurrent repeat of the same event id won the race: answer with it
+    features = row["inline_candidates"] and {c["id"]: c["features"] for c in row["inline_candidates"]}
+    if not features:
+        features = {c.id: c.features for c in slot_state.candidates}
+    metrics: Metrics = state.metrics
+    metrics.decisions.labels(slot).inc()
+    metrics.decide_latency.observe(time.perf_counter() - started)
+    return Response(response_from_row(row, features, slot))
+
+
+def _find_decision(state: State, event_id: str) -> dict[str, Any] | None:
+    with state.engine.connect() as connection:
+        return queries.find_decision(connection, event_id)
+
+
+def _candidate_features(state: State, row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("inline_candidates"):
+        return {c["id"]: c["features"] for c in row["inline_candidates"]}
+    with state.engine.connect() as connection:
+        blocks = connection.execute(
+            select(CatalogVersion.blocks).where(
+                CatalogVersion.slot_id == row["slot_id"], CatalogVersion.version == row["catalog_version"]
+            )
+        ).scalar_one_or_none() or []
+    return {b["id"]: b.get("features", {}) for b in blocks}
+
+
+def _existing_event(state: State, event_id: str) -> dict[str, Any]:
+    if len(event_id) > state.settings.max_id_length:
+        raise ApiError(422, "invalid_request", "event id too long", "event_id")
+    row = state.writer.pending(event_id)
+    if row is not None:
+        state.writer.flush()
+        return row
+    row = _find_decision(state, event_id)
+    if row is None:
+        raise ApiError(404, "unknown_event", f"no decision with event id '{event_id}'", "event_id")
+    return row
+
+
+@post("/v1/events/{event_id:str}/activate", guards=[require_decide], status_code=200)
+async def activate(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(_activate, _state(request), event_id, await request.body())
+
+
+def _activate(state: State, event_id: str, body: bytes) -> dict[str, Any]:
+    if body:
+        _decode(body, schemas.ActivateRequest)
+    _existing_event(state, event_id)
+    created = queries.store_activation(state.engine, event_id)
+    if created:
+        state.metrics.activations.inc()
+    return {"event_id": event_id, "activated": True, "duplicate": not created}
+
+
+@post("/v1/events/{event_id:str}/reward", guards=[require_decide], status_code=200)
+async def reward(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(_reward, _state(request), event_id, await request.body())
+
+
+def _reward(state: State, event_id: str, body: bytes) -> dict[str, Any]:
+    payload: schemas.RewardRequest = _decode(body, schemas.RewardRequest)
+    row = _existing_event(state, event_id)
+    slot = next((s for s in state.registry.slots.values() if s.id == row["slot_id"]), None)
+    if slot is not None and not slot.reward_min <= payload.value <= slot.reward_max:
+        raise ApiError(422, "invalid_request",
+                       f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
+                       "value")
+    created = queries.store_reward(state.engine, event_id, payload.value, payload.reward_id)
+    if created:
+        state.metrics.rewards.inc()
+    return {"event_id": event_id, "stored": True, "duplicate": not created}
+
+
+# -- admin API -------------------------------------------------------------------------
+
+
+def _policy_values(name: str, request: schemas.PolicyRequest) -> PolicyConfig:
+    vw = VWConfig.from_dict(schemas.vw_options(request.vw)) if request.kind == "vw" else None
+    return PolicyConfig(kind=request.kind, vw=vw, block=request.block, rules=request.rules)
+
+
+def _reload(state: State) -> None:
+    state.registry.refresh()
+
+
+@put("/v1/slots/{slot:str}", guards=[require_admin])
+async def put_slot(request: Request, slot: FromPath[str]) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(_put_slot, _state(request), slot, await request.body())
+
+
+def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
+    if not schemas_name_ok(slot):
+        raise ApiError(422, "invalid_request", "slot names are 1-128 of A-Z a-z 0-9 . _ : -", "slot")
+    payload: schemas.SlotRequest = _decode(body, schemas.SlotRequest)
+    values: dict[str, Any] = {}
+    for key in ("default_block", "timezone", "reward_window_s", "default_reward", "reward_aggregation",
+                "learning_mode", "require_activation"):
+        value = getattr(payload, key)
+        if value is not None:
+            values[key] = value
+    if payload.timezone is not None:
+        try:
+            zoneinfo.ZoneInfo(payload.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+            raise ApiError(422, "invalid_request", f"unknown IANA time zone '{payload.timezone}'", "timezone") from error
+    if payload.reward_range is not None:
+        low, high = payload.reward_range
+        if not low < high:
+            raise ApiError(422, "invalid_request", "reward_range must be [min, max] with min < max", "reward_range")
+        values["reward_min"], values["reward_max"] = low, high
+    with state.engine.begin() as connection:
+        existing = connection.execute(select(Slot.reward_min, Slot.reward_max, Slot.default_reward)
+                                      .where(Slot.name == slot)).first()
+        low = values.get("reward_min", existing.reward_min if existing else 0.0)
+        high = values.get("reward_max", existing.reward_max if existing else 1.0)
+        default_reward = values.get("default_reward", existing.default_reward if existing else 0.0)
+        if not low <= default_reward <= high:
+            raise ApiError(422, "invalid_request", "default_reward must lie within reward_range", "default_reward")
+        if isinstance(payload.policy, str):
+            if connection.execute(select(Policy.id).where(Policy.name == payload.policy)).first() is None:
+                raise ApiError(422, "invalid_request", f"policy '{payload.policy}' does not exist", "policy")
+            values["policy_name"] = payload.policy
+        elif isinstance(payload.policy, schemas.PolicyRequest) or existing is None:
+            config = _policy_values(slot, payload.policy) if payload.policy else PolicyConfig()
+            queries.upsert_policy(connection, slot, config.kind, config.to_dict())
+            values["policy_name"] = slot
+        created = queries.upsert_slot(connection, slot, values)
+    _reload(state)
+    return Response(state.registry.slots[slot].to_dict(), status_code=201 if created else 200)
+
+
+def schemas_name_ok(name: str) -> bool:
+    try:
+        msgspec.convert(name, schemas.Name)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+@get("/v1/slots", guards=[require_admin])
+async def list_slots(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+    return {"slots": [s.to_dict() for s in sorted(_state(request).registry.slots.values(), key=lambda s: s.name)]}
+
+
+@get("/v1/slots/{slot:str}", guards=[require_admin])
+async def get_slot(request: Request, slot: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return _state(request).decider.slot(slot).to_dict()
+
+
+@put("/v1/slots/{slot:str}/blocks/{block:str}", guards=[require_admin])
+async def put_block(request: Request, slot: FromPath[str], block: FromPath[str]) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(_put_block, _state(request), slot, block, await request.body())
+
+
+def _put_block(state: State, slot: str, block: str, body: bytes) -> Response[dict[str, Any]]:
+    slot_state = state.decider.slot(slot)
+    if not 1 <= len(block) <= state.settings.max_id_length:
+        raise ApiError(422, "invalid_request", f"block ids are 1..{state.settings.max_id_length} characters", "block")
+    payload: schemas.BlockRequest = _decode(body, schemas.BlockRequest)
+    features = validate_features(
+        payload.features, field="features", max_features=state.settings.max_block_features,
+        max_name_length=64, max_value_length=state.settings.max_string_length,
+    )
+    with state.engine.begin() as connection:
+        count = len(slot_state.candidates)
+        if block not in slot_state.by_id and count >= state.settings.max_candidates:
+            raise ApiError(422, "invalid_request", f"a slot holds at most {state.settings.max_candidates} active blocks", "block")
+        created, version = queries.upsert_block(connection, slot_state.id, block, features)
+    _reload(state)
+    return Response({"slot": slot, "block": {"id": block, "features": features}, "catalog_version": version},
+                    status_code=201 if created else 200)
+
+
+@delete("/v1/slots/{slot:str}/blocks/{block:str}", guards=[require_admin], sync_to_thread=True, status_code=200)
+def delete_block(request: Request, slot: FromPath[str], block: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    state = _state(request)
+    slot_state = state.decider.slot(slot)
+    with state.engine.begin() as connection:
+        version = queries.deactivate_block(connection, slot_state.id, block)
+    if version is None:
+        raise ApiError(404, "unknown_block", f"slot '{slot}' has no block '{block}'", "block")
+    _reload(state)
+    return {"slot": slot, "block": block, "active": False, "catalog_version": version}
+
+
+@put("/v1/policies/{name:str}", guards=[require_admin])
+async def put_policy(request: Request, name: FromPath[str]) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(_put_policy, _state(request), name, await request.body())
+
+
+def _put_policy(state: State, name: str, body: bytes) -> Response[dict[str, Any]]:
+    if not schemas_name_ok(name):
+        raise ApiError(422, "invalid_request", "policy names are 1-128 of A-Z a-z 0-9 . _ : -", "name")
+    payload: schemas.PolicyRequest = _decode(body, schemas.PolicyRequest)
+    config = _policy_values(name, payload)
+    with state.engine.begin() as connection:
+        created = queries.upsert_policy(connection, name, config.kind, config.to_dict())
+    _reload(state)
+    return Response(_policy_dict(state, name), status_code=201 if created else 200)
+
+
+def _policy_dict(state: State, name: str) -> dict[str, Any]:
+    policy = state.registry.policies.get(name)
+    if policy is None:
+        raise ApiError(404, "unknown_policy", f"policy '{name}' does not exist", "name")
+    return {"name": name, **policy.config.to_dict(), "model_version": policy.model_version,
+            "trained": policy.chooser.trained}
+
+
+@get("/v1/policies", guards=[require_admin])
+async def list_policies(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+    state = _state(request)
+    return {"policies": [_policy_dict(state, name) for name in sorted(state.registry.policies)]}
+
+
+@get("/v1/policies/{name:str}", guards=[require_admin])
+async def get_policy(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return _policy_dict(_state(request), name)
+
+
+@get("/v1/events/{event_id:str}", guards=[require_admin], sync_to_thread=True)
+def get_event(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    state = _state(request)
+    row = _existing_event(state, event_id)
+    with state.engine.connect() as connection:
+        rewards = queries.rewards_of(connection, event_id)
+        activated = queries.activated_at(connection, event_id)
+    keep = ("event_id", "policy_name", "policy_kind", "model_version", "trained", "learning_mode", "catalog_version",
+            "candidate_ids", "pmf", "chosen_index", "chosen_block", "probability", "context", "experiment_id", "arm",
+            "consent", "deferred", "fallback", "fallback_reason")
+    data = {k: row[k] for k in keep}
+    data["created_at"] = row["created_at"].isoformat() if row.get("created_at") else None
+    data["activated_at"] = activated.isoformat() if activated else None
+    data["rewards"] = rewards
+    return data
+
+
+@delete("/v1/units/{unit_id:str}", guards=[require_admin], sync_to_thread=True, status_code=200)
+def delete_unit(request: Request, unit_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    state = _state(request)
+    if not 1 <= len(unit_id) <= state.settings.max_id_length:
+        raise ApiError(422, "invalid_request", "unit ids are 1..256 characters", "unit_id")
+    touched = queries.erase_unit(state.engine, unit_key(state.decider.secret, unit_id))
+    return {"unit_erased": True, "decisions": touched}
+
+
+# -- operations ------------------------------------------------------------------------
+
+
+@get("/health", sync_to_thread=True)
+def health(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    state = _state(request)
+    try:
+        with state.engine.connect() as connection:
+            connection.execute(select(1))
+        ok = True
+    except Exception:  # noqa: BLE001
+        ok = False
+    body = {"status": "ok" if ok else "database_unavailable", "slots": len(state.registry.slots),
+            "models": {name: p.model_version for name, p in state.registry.policies.items()}}
+    return Response(body, status_code=200 if ok else 503)
+
+
+@get("/metrics")
+async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
+    registry = _state(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- application -----------------------------------------------------------------------
+
+
+def create_app(settings: ServiceSettings | None = None) -> Litestar:
+    settings = settings or ServiceSettings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await asyncio.to_thread(migrate, settings.database_url)
+        engine = make_engine(settings.database_url)
+        metrics_ = Metrics()
+        registry = Registry(engine, on_model=lambda name, v: metrics_.model_version.labels(name).set(v))
+        await asyncio.to_thread(registry.refresh)
+        writer = DecisionWriter(engine, gather_ms=settings.group_commit_ms, on_batch=metrics_.log_batch.observe)
+        secret = load_secret(settings)
+        decider = Decider(settings, secret, registry,
+                          on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
+        app.state.update(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
+                         decider=decider, key_store=KeyStore(engine))
+        for hook in app.state.get("startup_hooks", []):
+            await hook(app)
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(settings.reload_interval_s)
+                try:
+                    await asyncio.to_thread(registry.refresh)
+                except Exception:  # noqa: BLE001 - keep serving the last known state
+                    log.exception("registry refresh failed")
+
+        poller = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            for hook in app.state.get("shutdown_hooks", []):
+                await hook(app)
+            await asyncio.to_thread(writer.close)
+            engine.dispose()
+
+    cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                      allow_headers=["authorization", "content-type", "x-api-key"]) if settings.cors_origins else None
+    return Litestar(
+        route_handlers=[decide, activate, reward, put_slot, list_slots, get_slot, put_block, delete_block, put_policy,
+                        list_policies, get_policy, get_event, delete_unit, health, metrics],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        cors_config=cors,
+        openapi_config=OpenAPIConfig(title="slotbandit", version="1", path="/schema"),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"startup_hooks": [], "shutdown_hooks": []}),
+    )

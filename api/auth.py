@@ -1,0 +1,92 @@
+"""API keys: stored as SHA-256 hashes, two scopes (``decide`` and ``admin``; admin may decide too)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy import Engine, select
+
+from api.db.models import ApiKey
+
+__all__ = ["KeyStore", "create_key", "hash_key", "require_admin", "require_decide"]
+
+SCOPES = ("decide", "admin")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def create_key(engine: Engine, scope: str, name: str = "") -> str:
+    """Store a new key and return it; only its hash is kept."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    key = f"sb_{scope[0]}_{secrets.token_urlsafe(24)}"
+    with engine.begin() as connection:
+        connection.execute(ApiKey.__table__.insert().values(name=name, key_hash=hash_key(key), scope=scope))
+    return key
+
+
+class KeyStore:
+    """Looks keys up by hash with a short cache, so the hot path rarely touches the database."""
+
+    def __init__(self, engine: Engine, ttl_s: float = 30.0) -> None:
+        self._engine = engine
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def scope_of(self, key: str) -> str | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(ApiKey.scope).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+            ).first()
+        scope = row[0] if row else None
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (scope, now + self._ttl)
+        return scope
+
+
+def _presented_key(connection: ASGIConnection) -> str | None:  # type: ignore[type-arg]
+    header = connection.headers.get("authorization")
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    key = connection.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    cookie = connection.cookies.get("slotbandit_admin")
+    return cookie or None
+
+
+def _check(connection: ASGIConnection, allowed: tuple[str, ...]) -> None:  # type: ignore[type-arg]
+    key = _presented_key(connection)
+    if not key:
+        raise NotAuthorizedException("missing API key (Authorization: Bearer <key>)")
+    store: KeyStore = connection.app.state.key_store
+    scope = store.scope_of(key)
+    if scope is None:
+        raise NotAuthorizedException("unknown or revoked API key")
+    if scope not in allowed:
+        raise PermissionDeniedException(f"this key's scope '{scope}' may not do this")
+
+
+def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    _check(connection, ("decide", "admin"))
+
+
+def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    _check(connection, ("admin",))

@@ -1,0 +1,152 @@
+"""The ``slotbandit`` command line.
+
+    slotbandit migrate                      upgrade the database schema
+    slotbandit serve [--host --port]        run the API server (embedded learner by default)
+    slotbandit keys create --scope S        create an API key (printed alone on the last line)
+    slotbandit purge --older-than DAYS      delete decisions (and their rewards) past retention
+    slotbandit demo [--events N] [--exit]   server + demo slot + simulated audience
+
+``SLOTBANDIT_DATABASE_URL`` selects the database (default: SQLite under ./var/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from api.settings import ServiceSettings
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace, ServiceSettings], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(function: Command) -> Command:
+        _COMMANDS[name] = function
+        return function
+
+    return register
+
+
+@command("migrate")
+def _migrate(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    from api.db.engine import migrate
+
+    migrate(settings.database_url)
+    print(f"database at head: {_safe_url(settings.database_url)}")
+    return 0
+
+
+@command("serve")
+def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    if args.no_learner:
+        settings = _replace(settings, embedded_learner=False)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+@command("keys")
+def _keys(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    from api.auth import create_key
+    from api.db.engine import make_engine, migrate
+
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        key = create_key(engine, args.scope, args.name or "")
+    finally:
+        engine.dispose()
+    print(f"created a '{args.scope}' key; it is shown once and stored only as a hash:")
+    print(key)
+    return 0
+
+
+@command("purge")
+def _purge(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    from api.db.engine import make_engine
+    from api.db.queries import purge_older_than
+
+    if not args.older_than >= 0:
+        print("--older-than must be a number of days >= 0", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        removed = purge_older_than(engine, args.older_than)
+    finally:
+        engine.dispose()
+    print(", ".join(f"{count} {name}" for name, count in removed.items()) + " deleted")
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    from api.demo import run_demo
+
+    return run_demo(settings, host=args.host, port=args.port, events=args.events, exit_after=args.exit)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slotbandit",
+        description="Contextual-bandit decisions for page slots (Vowpal Wabbit), with logged propensities, "
+        "online learning and offline evaluation. SLOTBANDIT_DATABASE_URL selects the database.",
+    )
+    parser.add_argument("--database-url", help="override SLOTBANDIT_DATABASE_URL")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("migrate", help="upgrade the database schema to the newest version")
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--no-learner", action="store_true", help="do not run the embedded learner (use `slotbandit learn`)")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it")
+    create.add_argument("--scope", choices=["decide", "admin"], required=True)
+    create.add_argument("--name", default="", help="a label for the key")
+
+    purge = sub.add_parser("purge", help="delete decisions older than a retention period")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+
+    demo = sub.add_parser("demo", help="start the server with a demo slot and a simulated audience")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--events", type=int, default=3000, help="simulated visitors to send")
+    demo.add_argument("--exit", action="store_true", help="stop after the scripted part (for tests)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    settings = ServiceSettings.from_env(**overrides)
+    return _COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

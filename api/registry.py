@@ -1,0 +1,154 @@
+"""What a serving worker knows: slots, their catalogs, their policies and the models in use.
+
+Loaded from the database at start and refreshed by polling cheap revision
+counters (``slots.revision``, ``policies.revision``, latest snapshot version),
+so several workers converge within ``reload_interval_s`` of a change and a new
+model is hot-swapped without dropping a request (the swap is one reference
+assignment; the decide path reads the reference once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from api.db.models import CatalogVersion, Policy, Slot, Snapshot
+from bandits.policies import Candidate, Chooser, PolicyConfig, build_chooser
+
+__all__ = ["PolicyState", "Registry", "SlotState"]
+
+log = logging.getLogger("slotbandit.registry")
+
+
+@dataclass(frozen=True)
+class SlotState:
+    id: int
+    name: str
+    default_block: str | None
+    timezone: str
+    reward_window_s: int
+    default_reward: float
+    reward_aggregation: str
+    reward_min: float
+    reward_max: float
+    learning_mode: str
+    require_activation: bool
+    policy_name: str
+    catalog_version: int
+    revision: int
+    candidates: tuple[Candidate, ...] = ()
+    by_id: Mapping[str, Candidate] = field(default_factory=dict)
+
+    @property
+    def catalog_key(self) -> str:
+        return f"{self.id}:{self.catalog_version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "default_block": self.default_block,
+            "timezone": self.timezone,
+            "reward_window_s": self.reward_window_s,
+            "default_reward": self.default_reward,
+            "reward_aggregation": self.reward_aggregation,
+            "reward_range": [self.reward_min, self.reward_max],
+            "learning_mode": self.learning_mode,
+            "require_activation": self.require_activation,
+            "policy": self.policy_name,
+            "catalog_version": self.catalog_version,
+            "blocks": [{"id": c.id, "features": dict(c.features)} for c in self.candidates],
+        }
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    name: str
+    config: PolicyConfig
+    chooser: Chooser
+    model_version: int
+    revision: int
+
+
+class Registry:
+    def __init__(self, engine: Engine, on_model: Any = None) -> None:
+        self._engine = engine
+        self.slots: dict[str, SlotState] = {}
+        self.policies: dict[str, PolicyState] = {}
+        self._lock = threading.Lock()
+        self._on_model = on_model
+
+    def refresh(self) -> None:
+        """Reload whatever changed since the last call (safe to call from any thread)."""
+        with self._lock, self._engine.connect() as connection:
+            slot_revisions = dict(connection.execute(select(Slot.name, Slot.revision)).all())
+            policy_revisions = dict(connection.execute(select(Policy.name, Policy.revision)).all())
+            versions = dict(
+                connection.execute(select(Snapshot.policy_name, func.max(Snapshot.version)).group_by(Snapshot.policy_name)).all()
+            )
+            for name in list(self.slots):
+                if name not in slot_revisions:
+                    del self.slots[name]
+            for name, revision in slot_revisions.items():
+                current = self.slots.get(name)
+                if current is None or current.revision != revision:
+                    self.slots[name] = self._load_slot(connection, name)
+            for name in list(self.policies):
+                if name not in policy_revisions:
+                    del self.policies[name]
+            for name, revision in policy_revisions.items():
+                current = self.policies.get(name)
+                version = versions.get(name, 0) or 0
+                if current is None or current.revision != revision or current.model_version != version:
+                    self.policies[name] = self._load_policy(connection, name, version)
+
+    def _load_slot(self, connection: Any, name: str) -> SlotState:
+        row = connection.execute(select(Slot.__table__).where(Slot.name == name)).mappings().one()
+        blocks: list[dict[str, Any]] = []
+        if row["catalog_version"]:
+            blocks = connection.execute(
+                select(CatalogVersion.blocks).where(
+                    CatalogVersion.slot_id == row["id"], CatalogVersion.version == row["catalog_version"]
+                )
+            ).scalar_one()
+        candidates = tuple(Candidate(b["id"], b.get("features", {})) for b in blocks)
+        return SlotState(
+            id=row["id"],
+            name=row["name"],
+            default_block=row["default_block"],
+            timezone=row["timezone"],
+            reward_window_s=row["reward_window_s"],
+            default_reward=row["default_reward"],
+            reward_aggregation=row["reward_aggregation"],
+            reward_min=row["reward_min"],
+            reward_max=row["reward_max"],
+            learning_mode=row["learning_mode"],
+            require_activation=row["require_activation"],
+            policy_name=row["policy_name"] or row["name"],
+            catalog_version=row["catalog_version"],
+            revision=row["revision"],
+            candidates=candidates,
+            by_id={c.id: c for c in candidates},
+        )
+
+    def _load_policy(self, connection: Any, name: str, version: int) -> PolicyState:
+        row = connection.execute(select(Policy.__table__).where(Policy.name == name)).mappings().one()
+        config = PolicyConfig.from_dict(row["config"])
+        model: bytes | None = None
+        if config.kind == "vw" and version:
+            model = connection.execute(
+                select(Snapshot.model).where(Snapshot.policy_name == name, Snapshot.version == version)
+            ).scalar_one()
+        try:
+            chooser = build_chooser(config, model)
+        except Exception:  # a broken snapshot must not take the slot down: serve untrained
+            log.exception("cannot load model %s v%s; serving it untrained", name, version)
+            chooser = build_chooser(config)
+            version = 0
+        if self._on_model is not None:
+            self._on_model(name, version)
+        return PolicyState(name=name, config=config, chooser=chooser, model_version=version, revision=row["revision"])

@@ -1,0 +1,127 @@
+"""Request bodies of the v1 API as msgspec structs: types and bounds checked while decoding.
+
+Bounds that depend on settings (candidate count, feature count) are checked
+after decoding, in the handlers, with the same error shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ActivateRequest",
+    "BlockRequest",
+    "CandidateIn",
+    "ContextIn",
+    "DecideRequest",
+    "PolicyRequest",
+    "RewardRequest",
+    "SlotRequest",
+    "decode",
+]
+
+Id = Annotated[str, Meta(min_length=1, max_length=256)]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Short = Annotated[str, Meta(max_length=256)]
+Scalar = str | float | bool
+FeatureMap = Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], Scalar], Meta(max_length=64)]
+Finite = Annotated[float, Meta(ge=-1e12, le=1e12)]
+
+
+class TimeIn(Struct, forbid_unknown_fields=True):
+    timestamp: datetime | None = None
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+class ContextIn(Struct, forbid_unknown_fields=True):
+    time: TimeIn | None = None
+    device: Annotated[dict[Annotated[str, Meta(max_length=32)], Short], Meta(max_length=8)] | None = None
+    location: Annotated[dict[Annotated[str, Meta(max_length=32)], Short], Meta(max_length=8)] | None = None
+    user: FeatureMap | None = None
+
+
+class CandidateIn(Struct, forbid_unknown_fields=True):
+    id: Id
+    features: FeatureMap = {}
+
+
+class DecideRequest(Struct, forbid_unknown_fields=True):
+    event_id: Id | None = None
+    unit_id: Id | None = None
+    context: ContextIn | None = None
+    candidates: Annotated[list[CandidateIn], Meta(max_length=1000)] | None = None
+    exclude: Annotated[list[Id], Meta(max_length=1000)] = []
+    consent: bool = True
+    defer_activation: bool = False
+
+
+class ActivateRequest(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class RewardRequest(Struct, forbid_unknown_fields=True):
+    value: Finite
+    reward_id: Id | None = None
+
+
+class BlockRequest(Struct, forbid_unknown_fields=True):
+    features: FeatureMap = {}
+
+
+class VWIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    exploration: str | None = None
+    epsilon: float | None = None
+    gamma_scale: float | None = None
+    gamma_exponent: float | None = None
+    cover: int | None = None
+    bag: int | None = None
+    softmax_lambda: float | None = None
+    first: int | None = None
+    learning_rate: float | None = None
+    power_t: float | None = None
+    l2: float | None = None
+    cb_type: str | None = None
+    interactions: Annotated[list[Annotated[str, Meta(max_length=8)]], Meta(max_length=20)] | None = None
+    ignore_linear_context: bool | None = None
+    bits: int | None = None
+
+
+class PolicyRequest(Struct, forbid_unknown_fields=True):
+    kind: Literal["vw", "uniform", "fixed", "rules"] = "vw"
+    vw: VWIn | None = None
+    block: Id | None = None
+    rules: dict[str, object] | None = None
+
+
+class SlotRequest(Struct, forbid_unknown_fields=True):
+    default_block: Id | None = None
+    timezone: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    reward_window_s: Annotated[int, Meta(ge=0, le=30 * 24 * 3600)] | None = None
+    default_reward: Finite | None = None
+    reward_aggregation: Literal["sum", "first", "max"] | None = None
+    reward_range: Annotated[list[Finite], Meta(min_length=2, max_length=2)] | None = None
+    learning_mode: Literal["online", "apprentice", "logging-only"] | None = None
+    require_activation: bool | None = None
+    policy: Name | PolicyRequest | None = None
+
+
+_decoders: dict[type, msgspec.json.Decoder] = {}  # type: ignore[type-arg]
+
+
+def decode(body: bytes, kind: type[Struct]) -> Struct:
+    """Decode a JSON body into ``kind``; raises msgspec.ValidationError / DecodeError."""
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder.decode(body)  # type: ignore[no-any-return]
+
+
+def vw_options(vw: VWIn | None) -> dict[str, object]:
+    """Only the options the caller set (the rest keep VWConfig defaults)."""
+    if vw is None:
+        return {}
+    return {k: v for k, v in msgspec.structs.asdict(vw).items() if v is not None}

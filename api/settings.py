@@ -1,0 +1,120 @@
+"""Service settings: one typed object, read once from the environment.
+
+Every field is documented where it is declared and validated in
+``__post_init__``. Environment variables are ``SLOTBANDIT_<FIELD>`` in upper
+case (e.g. ``SLOTBANDIT_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["ServiceSettings", "SettingsError", "load_secret"]
+
+DEFAULT_DATABASE_URL = "sqlite:///var/slotbandit.db"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy URL. SQLite (WAL mode) is the embedded default; ``postgresql+psycopg://`` for production."""
+    secret_file: str = "var/secret.key"
+    """Where the server secret lives when ``SLOTBANDIT_SECRET`` is not set (created on first use, mode 0600)."""
+    secret: str | None = None
+    """Server secret: keys the unit pseudonyms and the sampling seeds. Keep it stable across restarts."""
+    max_body_bytes: int = 64 * 1024
+    """Largest accepted request body."""
+    max_candidates: int = 50
+    """Most candidates in one decision (Personalizer's limit)."""
+    max_block_features: int = 32
+    """Most features on one block."""
+    max_user_features: int = 32
+    """Most caller-supplied user features in one decision."""
+    max_id_length: int = 256
+    """Longest event, unit, slot or block id."""
+    max_string_length: int = 256
+    """Longest feature string value."""
+    geo_headers: tuple[str, ...] = ("cf-ipcountry", "cloudfront-viewer-country", "x-vercel-ip-country", "x-appengine-country")
+    """CDN headers that carry the visitor's country, in order of trust."""
+    trust_forwarded_for: bool = False
+    """Use the first ``X-Forwarded-For`` address for the country lookup (only behind a trusted proxy)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser; empty allows none."""
+    commit_before_response: bool = True
+    """Await the group commit of a decision before answering: every returned decision is in the log even after a crash."""
+    group_commit_ms: float = 2.0
+    """How long the decision writer gathers decisions into one transaction."""
+    reload_interval_s: float = 1.0
+    """How often a worker polls for changed slots, policies and new model snapshots."""
+    embedded_learner: bool = True
+    """Run the learner inside the server process (one-process set-up)."""
+    auto_migrate: bool = True
+    """Upgrade the database schema when the server starts."""
+    demo: bool = False
+    """Serve the demo page with a demo decide key."""
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            raise SettingsError("database_url must not be empty")
+        for name in ("max_body_bytes", "max_candidates", "max_block_features", "max_user_features", "max_id_length", "max_string_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer")
+        if not 0.0 <= self.group_commit_ms <= 1000.0:
+            raise SettingsError("group_commit_ms must be within [0, 1000]")
+        if not 0.05 <= self.reload_interval_s <= 3600:
+            raise SettingsError("reload_interval_s must be within [0.05, 3600]")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServiceSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"SLOTBANDIT_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(item.strip().lower() if f.name == "geo_headers" else item.strip() for item in raw.split(",") if item.strip())
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_secret(settings: ServiceSettings) -> bytes:
+    """The server secret: from settings, else from ``secret_file`` (created once)."""
+    if settings.secret:
+        return settings.secret.encode("utf-8")
+    path = Path(settings.secret_file)
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode("ascii")
+    # O_EXCL: two workers starting at once agree on one secret
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(value)
+    return value
+
+
