@@ -42,11 +42,14 @@ Rewards
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+import random
 import time as _time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -458,6 +461,11 @@ _DWELL_MEDIAN = {"short": 20.0, "long": 90.0, "video": 120.0}
 # --------------------------------------------------------------------------- world
 
 
+def _pick(cdf: Sequence[float], u: float) -> int:
+    """Inverse-CDF draw from an unnormalised cumulative list at ``u`` in [0, 1)."""
+    return min(bisect.bisect_right(cdf, u * cdf[-1]), len(cdf) - 1)
+
+
 class World:
     """A seeded synthetic audience with known click probabilities.
 
@@ -611,40 +619,38 @@ class World:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         pop = self.population
-        rng = np.random.default_rng([self.seed, 1, stream])
-        hourly = np.asarray(pop.hourly_traffic, dtype=float)
-        hourly = hourly / hourly.mean()
-        weekly = np.asarray(pop.weekday_traffic, dtype=float)
-        weekly = weekly / weekly.mean()
-        shares = np.array([loc.share for loc in pop.locations])
+        # Scalar draws from the standard library generator (numpy's per-call overhead
+        # dominates here), seeded through numpy's SeedSequence for independent streams.
+        state = np.random.SeedSequence([self.seed, 1, stream]).generate_state(4)
+        rng = random.Random(int.from_bytes(state.tobytes(), "little"))
+        hourly = [h / (sum(pop.hourly_traffic) / 24.0) for h in pop.hourly_traffic]
+        weekly = [d / (sum(pop.weekday_traffic) / 7.0) for d in pop.weekday_traffic]
+        shares = [loc.share for loc in pop.locations]
         base_rate = self.events_per_day / 86_400.0  # per second
-        peak = base_rate * hourly.max() * weekly.max()
-        device_p = np.array([d.share for d in pop.devices])
-        device_p = device_p / device_p.sum()
+        peak = base_rate * max(hourly) * max(weekly)
+        device_cdf = list(itertools.accumulate(d.share for d in pop.devices))
         segment_names = [s for s, _ in pop.segments]
-        segment_p = np.array([s for _, s in pop.segments])
-        segment_p = segment_p / segment_p.sum()
-        buckets: dict[int, np.ndarray] = {}
+        segment_cdf = list(itertools.accumulate(s for _, s in pop.segments))
+        buckets: dict[int, list[float]] = {}
         t = start.astimezone(UTC).timestamp()
         for i in range(n):
             while True:
-                t += float(rng.exponential(1.0 / peak))
+                t += rng.expovariate(peak)
                 bucket = int(t // 1800)  # every zone offset here is a multiple of 30 minutes
-                weights = buckets.get(bucket)
-                if weights is None:
+                cdf = buckets.get(bucket)
+                if cdf is None:
                     moment = datetime.fromtimestamp(bucket * 1800, UTC)
-                    weights = np.empty(len(shares))
-                    for j, zone in enumerate(self._zones):
+                    weights = []
+                    for share, zone in zip(shares, self._zones, strict=True):
                         local = moment.astimezone(zone)
-                        weights[j] = shares[j] * hourly[local.hour] * weekly[local.weekday()]
+                        weights.append(share * hourly[local.hour] * weekly[local.weekday()])
                     if len(buckets) > 10_000:
                         buckets.clear()
-                    buckets[bucket] = weights
-                total = float(weights.sum())
-                if rng.random() * peak < base_rate * total:
+                    cdf = buckets[bucket] = list(itertools.accumulate(weights))
+                if rng.random() * peak < base_rate * cdf[-1]:
                     break
-            loc = pop.locations[int(rng.choice(len(weights), p=weights / total))]
-            device = pop.devices[int(rng.choice(len(device_p), p=device_p))]
+            loc = pop.locations[_pick(cdf, rng.random())]
+            device = pop.devices[_pick(device_cdf, rng.random())]
             yield Visitor(
                 index=first_index + i,
                 timestamp=datetime.fromtimestamp(t, UTC),
@@ -656,7 +662,7 @@ class World:
                 user_agent=device.user_agent,
                 language=loc.language,
                 returning=bool(rng.random() < pop.returning_share),
-                segment=segment_names[int(rng.choice(len(segment_p), p=segment_p))],
+                segment=segment_names[_pick(segment_cdf, rng.random())],
             )
 
 
@@ -792,6 +798,7 @@ def run_policy(
     policy: Any = chooser if hasattr(chooser, "pmf") else chooser()  # type: ignore[operator]
     offered = tuple(world.catalog if blocks is None else blocks)
     candidates = [b.to_candidate() for b in offered]
+    offered_index = world._indices(offered)
     k = len(offered)
     rng = np.random.default_rng([seed, 2])
     chosen = np.empty(n_events, dtype=np.int64)
@@ -805,7 +812,7 @@ def run_policy(
         context: Features = visitor.context()
         pmf = normalize_pmf(policy.pmf(context, candidates, catalog_key))
         index = sample_index(pmf, float(rng.random()))
-        p = world.expected_rewards(visitor, offered)
+        p = world._catalog_probabilities(visitor)[offered_index]
         click = float(rng.random() < p[index])
         chosen[i], probability[i], reward[i] = index, pmf[index], click
         pmfs[i], expected[i] = pmf, p
