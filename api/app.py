@@ -365,8 +365,27 @@ async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg
 # -- application -----------------------------------------------------------------------
 
 
+# Feature modules of the shell. Each may define ROUTES (route handlers) and the async
+# hooks startup(app) / shutdown(app), run after the core state exists / before it goes.
+EXTENSIONS = ("api.learner", "api.model_admin", "api.offline", "api.experiments", "api.dashboard")
+
+
+def _extensions() -> list[Any]:
+    import importlib
+
+    modules = []
+    for name in EXTENSIONS:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+    return modules
+
+
 def create_app(settings: ServiceSettings | None = None) -> Litestar:
     settings = settings or ServiceSettings.from_env()
+    extensions = _extensions()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -382,8 +401,9 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
                           on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
         app.state.update(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
                          decider=decider, key_store=KeyStore(engine))
-        for hook in app.state.get("startup_hooks", []):
-            await hook(app)
+        for module in extensions:
+            if hasattr(module, "startup"):
+                await module.startup(app)
 
         async def poll() -> None:
             while True:
@@ -398,8 +418,9 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             yield
         finally:
             poller.cancel()
-            for hook in app.state.get("shutdown_hooks", []):
-                await hook(app)
+            for module in reversed(extensions):
+                if hasattr(module, "shutdown"):
+                    await module.shutdown(app)
             await asyncio.to_thread(writer.close)
             engine.dispose()
 
@@ -407,11 +428,11 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
                       allow_headers=["authorization", "content-type", "x-api-key"]) if settings.cors_origins else None
     return Litestar(
         route_handlers=[decide, activate, reward, put_slot, list_slots, get_slot, put_block, delete_block, put_policy,
-                        list_policies, get_policy, get_event, delete_unit, health, metrics],
+                        list_policies, get_policy, get_event, delete_unit, health, metrics,
+                        *[route for module in extensions for route in getattr(module, "ROUTES", [])]],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
         openapi_config=OpenAPIConfig(title="slotbandit", version="1", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
-        state=State({"startup_hooks": [], "shutdown_hooks": []}),
     )

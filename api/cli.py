@@ -106,6 +106,23 @@ def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
+# Feature modules that add subcommands: each defines add_commands(subparsers, command).
+EXTENSIONS = ("api.learner", "api.simulate", "api.offline", "api.experiments")
+
+
+def _extensions() -> list[object]:
+    import importlib
+
+    modules = []
+    for name in EXTENSIONS:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+    return modules
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotbandit",
@@ -137,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--events", type=int, default=3000, help="simulated visitors to send")
     demo.add_argument("--exit", action="store_true", help="stop after the scripted part (for tests)")
+    for module in _extensions():
+        add = getattr(module, "add_commands", None)
+        if add is not None:
+            add(sub, command)
     return parser
 
 
