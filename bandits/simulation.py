@@ -55,6 +55,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from bandits.context import RequestFacts, derive_context
 from bandits.features import Features
 from bandits.policies import Candidate, Chooser, cost_from_reward
 from bandits.sampling import normalize_pmf, sample_index
@@ -268,21 +269,28 @@ class Visitor:
     def local_time(self) -> datetime:
         return self.timestamp.astimezone(ZoneInfo(self.timezone))
 
+    def request_facts(self, *, explicit_device: bool = True) -> RequestFacts:
+        """What ``api`` would extract from :meth:`request_body` and :meth:`headers`."""
+        headers = self.headers()
+        hints = {k.lower(): v for k, v in headers.items() if k.lower().startswith("sec-ch-ua")}
+        return RequestFacts(
+            timestamp=self.timestamp,
+            timezone=self.timezone,
+            user_agent=headers["User-Agent"],
+            client_hints=hints,
+            device={"type": self.device_type, "os": self.os, "browser": self.browser} if explicit_device else {},
+            location={"country": self.country},
+            user=self.user_features(),
+        )
+
     def context(self) -> dict[str, dict[str, Any]]:
-        """The structured context ``bandits.features.shared_line`` takes, as the service derives it."""
-        local = self.local_time()
-        weekday = WEEKDAYS[local.weekday()]
-        return {
-            "time": {
-                "hour": f"{local.hour:02d}",
-                "daypart": daypart(local.hour),
-                "weekday": weekday,
-                "weekend": weekday in ("sat", "sun"),
-            },
-            "device": {"type": self.device_type, "os": self.os, "browser": self.browser},
-            "location": {"country": self.country},
-            "user": self.user_features(),
-        }
+        """The structured context ``bandits.features.shared_line`` takes, as the service derives it.
+
+        It is ``bandits.context.derive_context`` of :meth:`request_facts`: time
+        keys hour, hour_sin, hour_cos, daypart, weekday, weekend; device type,
+        os, browser; location country; user returning, segment.
+        """
+        return derive_context(self.request_facts(), now=self.timestamp)
 
     def user_features(self) -> dict[str, Any]:
         """Caller-supplied user features."""
