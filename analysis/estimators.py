@@ -1,0 +1,881 @@
+r"""Off-policy estimators of a target policy's value on a logged decision set.
+
+Notation (per event i of n): context x_i, candidate columns j of the padded
+(n, A) arrays, logging pmf mu_ij, target pmf pi_ij, chosen column a_i with
+propensity p_i = mu_{i,a_i}, reward r_i, importance weight w_i = pi_{i,a_i} / p_i,
+reward model q(x, a) with cross-fitted predictions \hat q_ij.
+
+Every estimator holds only hyper-parameters; it turns the arrays into an (n,)
+array of per-event *contributions* whose mean is the estimate (Open Bandit
+Pipeline's design). Standard errors, intervals and paired comparisons
+(:mod:`analysis.compare`) all come from that one array.
+
+========== ============================================================ ==========================
+method     contribution c_i                                             reference
+========== ============================================================ ==========================
+ips        w_i r_i                                                      Horvitz & Thompson 1952
+snips      V + w_i (r_i - V) / mean(w), V = sum w r / sum w             Swaminathan & Joachims 2015
+dm         sum_j pi_ij q_ij + c (r_i - rbar) + omega_i (r_i - q_{i,a_i})  plug-in + its influence fn
+dr         sum_j pi_ij q_ij + w_i (r_i - q_{i,a_i})  (q cross-fitted)   Dudik, Langford & Li 2011
+switch_dr  sum_j pi_ij q_ij + 1[w_i <= tau] w_i (r_i - q_{i,a_i})       Wang, Agarwal & Dudik 2017
+replay     V + m_i (r_i - V) / mean(m), m_i = 1[target draw = a_i]      Li, Chu, Langford & Wang 2011
+========== ============================================================ ==========================
+
+For the ratio estimators (snips, replay) the contribution is the linearised
+(delta-method) influence value; its mean is exactly V.
+
+**DM and the reward model's own uncertainty.** Open Bandit Pipeline computes
+DM's interval from the fixed-model contributions sum_j pi_ij q_ij alone. That
+ignores the error of q itself, which for DM is first order: with a per-action
+mean model and a context-free target every contribution is identical and the
+"interval" has width 0. Here the DM contribution adds the influence function of
+the fitted ridge model (a linear smoother, so its influence is exact to first
+order): omega_i = n G_{a_i}^T M_{a_i}^{-1} phi_i with G_a = (1/n) sum_i pi_ia phi_i and
+M_a the ridge Gram matrix of action a, and c the influence of the pooled mean.
+For a context-free model omega_i = (target share of a_i) / (logged share of a_i).
+The bootstrap instead refits the model on every resample (``refit=True``).
+``tests/analysis/test_coverage.py`` shows OBP's fixed-model normal interval
+covering far below 95% where ours covers about 95%.
+
+**DR and cross-fitting.** Predictions for events in fold k come from a model
+fitted without fold k (Chernozhukov et al. 2018), so the normal interval on DR
+contributions is valid: the model's error enters DR only at second order.
+
+**Robust DR.** ``switch_dr`` (Wang et al. 2017) drops the importance-weighted
+correction for events whose weight exceeds ``switch_tau`` and trusts the model
+there. Biased when the model is wrong on those events, but its variance stays
+bounded under poor overlap; ``switch_tau=inf`` is DR.
+
+**Replay.** Li et al.'s method (2011) for uniformly logged data with a fixed
+number of candidates: keep the events where the target's (seeded) draw equals
+the logged choice and average their rewards. It refuses non-uniform logs.
+
+Flags (``Diagnostics.flags``): ``mean_weight_far_from_1`` (|mean w - 1| > 4
+standard errors: wrong propensities or unsupported target mass),
+``tiny_ess`` (Kish effective sample size below max(10, 1% of n)),
+``extreme_weight`` (a weight >= 100 or one event holding > 5% of the total
+weight), ``unsupported_mass`` (target mass on actions the logger gave
+probability 0 or never chose), ``out_of_reward_range`` (the estimate lies
+outside ``reward_range``; it is returned as it is, never clipped),
+``reward_outside_declared_range`` and ``no_overlap`` (sum of weights 0).
+Extreme weights and out-of-range estimates are also logged at WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol, cast
+
+import numpy as np
+
+from analysis.intervals import (
+    EstimatorError,
+    Interval,
+    bernstein_interval,
+    bootstrap_interval,
+    check_level,
+    normal_interval,
+    resample_statistic,
+)
+from analysis.log import BanditLog
+
+__all__ = [
+    "DirectMethod",
+    "Diagnostics",
+    "DoublyRobust",
+    "Estimate",
+    "Estimator",
+    "EstimatorError",
+    "EventData",
+    "FittedRewardModel",
+    "IPS",
+    "METHODS",
+    "Replay",
+    "RewardModel",
+    "RidgeRewardModel",
+    "SNIPS",
+    "SwitchDR",
+    "contributions",
+    "diagnose",
+    "estimate",
+    "make_estimator",
+]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["ips", "snips", "dm", "dr", "switch_dr", "replay"]
+IntervalMethod = Literal["normal", "bootstrap", "bernstein"]
+METHODS: tuple[str, ...] = ("ips", "snips", "dm", "dr", "switch_dr", "replay")
+INTERVALS: tuple[str, ...] = ("normal", "bootstrap", "bernstein")
+_PMF_TOLERANCE = 1e-5
+# refit the reward model inside the bootstrap when n * n_resamples is below this
+_REFIT_BUDGET = 50_000_000
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, eq=False)
+class EventData:
+    """The log-side arrays every estimator reads, validated once.
+
+    Attributes:
+        reward: (n,) float64.
+        chosen: (n,) int64, column of the chosen candidate.
+        logging_pmf: (n, A) float64, 0 on padding.
+        mask: (n, A) bool, True where a candidate exists.
+        codes: (n, A) int64, an integer per distinct action id (-1 on padding);
+            reward models are per action id, not per column.
+        n_codes: number of distinct action ids.
+        features: (n, d) float64 numeric context features for reward models (d may be 0).
+    """
+
+    reward: np.ndarray
+    chosen: np.ndarray
+    logging_pmf: np.ndarray
+    mask: np.ndarray
+    codes: np.ndarray
+    n_codes: int
+    features: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.reward.shape[0])
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.n)
+
+    @property
+    def propensity(self) -> np.ndarray:
+        return self.logging_pmf[self.rows, self.chosen]
+
+    @property
+    def chosen_codes(self) -> np.ndarray:
+        return self.codes[self.rows, self.chosen]
+
+    @classmethod
+    def from_log(cls, log: BanditLog, features: np.ndarray | None = None) -> EventData:
+        """Arrays of a :class:`BanditLog`; ``features`` an optional (n, d) numeric matrix."""
+        codes, n_codes = _factorize(log.action_ids, log.action_mask)
+        return cls.from_arrays(
+            reward=log.reward,
+            chosen=log.chosen,
+            logging_pmf=log.logging_pmf,
+            mask=log.action_mask,
+            codes=codes,
+            features=features,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        reward: np.ndarray,
+        chosen: np.ndarray,
+        logging_pmf: np.ndarray,
+        mask: np.ndarray | None = None,
+        codes: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> EventData:
+        """Validate plain arrays (no :class:`BanditLog` needed). Without ``codes``,
+        column j is action j in every row; without ``mask`` every column exists."""
+        r = np.asarray(reward, dtype=np.float64)
+        if r.ndim != 1:
+            raise EstimatorError("reward must be one-dimensional", field="reward")
+        n = r.shape[0]
+        if n == 0:
+            raise EstimatorError("the log has no events", field="reward")
+        if not np.isfinite(r).all():
+            raise EstimatorError("reward contains NaN or infinity", field="reward")
+        mu = np.asarray(logging_pmf, dtype=np.float64)
+        if mu.ndim != 2 or mu.shape[0] != n:
+            raise EstimatorError(f"logging_pmf must be (n={n}, A), got {mu.shape}", field="logging_pmf")
+        width = mu.shape[1]
+        m = np.ones_like(mu, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if m.shape != mu.shape:
+            raise EstimatorError(f"mask must be {mu.shape}, got {m.shape}", field="mask")
+        _check_pmf(mu, m, "logging_pmf")
+        c = np.asarray(chosen)
+        if c.shape != (n,) or not np.issubdtype(c.dtype, np.integer):
+            raise EstimatorError(f"chosen must be ({n},) integers", field="chosen")
+        c = c.astype(np.int64)
+        if c.min() < 0 or c.max() >= width:
+            raise EstimatorError("chosen index outside the candidate set", field="chosen")
+        if not (mu[np.arange(n), c] > 0).all():
+            raise EstimatorError("a chosen action has logged probability 0", field="logging_pmf")
+        if codes is None:
+            k = np.where(m, np.arange(width)[None, :], -1).astype(np.int64)
+            n_codes = width
+        else:
+            k = np.asarray(codes, dtype=np.int64)
+            if k.shape != mu.shape:
+                raise EstimatorError(f"codes must be {mu.shape}, got {k.shape}", field="codes")
+            n_codes = int(k.max()) + 1 if k.size else 0
+        x = np.zeros((n, 0)) if features is None else np.asarray(features, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[0] != n:
+            raise EstimatorError(f"features must be (n={n}, d), got {x.shape}", field="features")
+        if not np.isfinite(x).all():
+            raise EstimatorError("features contain NaN or infinity", field="features")
+        return cls(r, c, mu, m, k, n_codes, x)
+
+
+def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str) -> None:
+    if not np.isfinite(pmf).all():
+        raise EstimatorError(f"{name} contains NaN or infinity", field=name)
+    if (pmf < 0).any():
+        raise EstimatorError(f"{name} has negative probabilities (negative weights)", field=name)
+    if (pmf[~mask] != 0).any():
+        raise EstimatorError(f"{name} puts mass on padding (no candidate there)", field=name)
+    sums = pmf.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > _PMF_TOLERANCE)
+    if bad.size:
+        raise EstimatorError(
+            f"{name} rows must sum to 1; row {int(bad[0])} sums to {sums[bad[0]]:.6g}", field=name
+        )
+
+
+def _factorize(action_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Integer code per distinct action id, -1 on padding."""
+    n, width = action_ids.shape
+    codes = np.full((n, width), -1, dtype=np.int64)
+    if n == 0:
+        return codes, 0
+    first = action_ids[0]
+    if mask.all() and len(set(first.tolist())) == width and (action_ids == first).all():
+        # fast path: one fixed catalog in one order (the usual slot log)
+        codes[:] = np.arange(width)
+        return codes, width
+    index: dict[object, int] = {}
+    flat = action_ids[mask].tolist()
+    codes[mask] = [index.setdefault(a, len(index)) for a in flat]
+    return codes, len(index)
+
+
+def _check_target(data: EventData, target_pmf: np.ndarray) -> np.ndarray:
+    pi = np.asarray(target_pmf, dtype=np.float64)
+    if pi.shape != data.logging_pmf.shape:
+        raise EstimatorError(
+            f"target_pmf must have the log's shape {data.logging_pmf.shape}, got {pi.shape}",
+            field="target_pmf",
+        )
+    _check_pmf(pi, data.mask, "target_pmf")
+    return pi
+
+
+def _check_reward_range(reward_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in reward_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise EstimatorError(f"reward_range must be finite with low < high, got {reward_range!r}", field="reward_range")
+    return lo, hi
+
+
+def _weights(data: EventData, pi: np.ndarray) -> np.ndarray:
+    # w_i = pi(a_i | x_i) / mu(a_i | x_i)
+    return pi[data.rows, data.chosen] / data.propensity
+
+
+def _max_weight_bound(data: EventData, pi: np.ndarray) -> float:
+    """max over events and candidates of pi / mu: an a-priori bound on w."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(data.logging_pmf > 0, pi / np.where(data.logging_pmf > 0, data.logging_pmf, 1.0), 0.0)
+    return float(ratio.max())
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+class FittedRewardModel(Protocol):
+    """A reward model after ``fit``."""
+
+    def predict(self, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(n, A) predicted rewards of the candidates ``codes`` (n, A), 0 where code is -1."""
+        ...
+
+
+class RewardModel(Protocol):
+    """Hyper-parameters of a reward model; ``fit`` returns an immutable fitted model."""
+
+    def fit(
+        self,
+        features: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        n_codes: int,
+        sample_weight: np.ndarray | None = None,
+    ) -> FittedRewardModel: ...
+
+
+@dataclass(frozen=True)
+class RidgeRewardModel:
+    """Per-action ridge regression on [1, features], shrunk towards the pooled mean.
+
+    q(x, a) = rbar + phi(x)^T beta_a, phi(x) = [1, x],
+    beta_a = (Phi_a^T S_a Phi_a + alpha I)^{-1} Phi_a^T S_a (r_a - rbar)
+    (S the sample weights). With no features this is the per-action mean
+    shrunk towards the pooled mean by ``alpha`` pseudo-events; with one-hot
+    context buckets as features it is a per-(action, bucket) model. Actions
+    never chosen get rbar.
+    """
+
+    alpha: float = 1.0
+    """Ridge penalty, in units of pseudo-events; 0 gives least squares."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise EstimatorError("alpha must be finite and >= 0", field="alpha")
+
+    def fit(
+        self,
+        features: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        n_codes: int,
+        sample_weight: np.ndarray | None = None,
+    ) -> FittedRidge:
+        n = rewards.shape[0]
+        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        phi = np.hstack([np.ones((n, 1)), features])
+        p = phi.shape[1]
+        total = s.sum()
+        base = float((s @ rewards) / total) if total > 0 else 0.0
+        y = rewards - base
+        gram = np.empty((n_codes, p, p))
+        rhs = np.empty((n_codes, p))
+        sphi = phi * s[:, None]
+        for j in range(p):
+            rhs[:, j] = np.bincount(actions, weights=sphi[:, j] * y, minlength=n_codes)
+            for k in range(j, p):
+                gram[:, j, k] = gram[:, k, j] = np.bincount(
+                    actions, weights=sphi[:, j] * phi[:, k], minlength=n_codes
+                )
+        gram += self.alpha * np.eye(p)
+        empty = gram.reshape(n_codes, -1).max(axis=1) <= 0  # alpha = 0 and never chosen
+        gram[empty] = np.eye(p)
+        try:
+            coef = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            coef = np.einsum("kij,kj->ki", np.linalg.pinv(gram), rhs)
+        return FittedRidge(base=base, coef=coef, gram=gram)
+
+
+@dataclass(frozen=True, eq=False)
+class FittedRidge:
+    """A fitted :class:`RidgeRewardModel`: pooled mean, (K, p) coefficients, (K, p, p) Gram."""
+
+    base: float
+    coef: np.ndarray
+    gram: np.ndarray
+
+    def predict(self, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        n = features.shape[0]
+        phi = np.hstack([np.ones((n, 1)), features])
+        valid = codes >= 0
+        beta = self.coef[np.where(valid, codes, 0)]  # (n, A, p)
+        pred = self.base + np.einsum("nap,np->na", beta, phi)
+        return np.where(valid, pred, 0.0)
+
+    def influence(self, data: EventData, pi: np.ndarray, q_chosen: np.ndarray) -> np.ndarray:
+        """First-order influence of the model fit on DM = mean_i sum_j pi_ij q_ij.
+
+        DM = rbar + sum_a G_a^T beta_a with G_a = (1/n) sum_i pi_ia phi_i. Perturbing
+        event i (action a_i) moves beta_{a_i} by n M^{-1} phi_i (r_i - q_i) and rbar by
+        (r_i - rbar), which moves every beta_a by -M_a^{-1} Phi_a^T 1 (r_i - rbar).
+        Returns c (r_i - rbar) + omega_i (r_i - q_i) with omega_i = n phi_i^T M_{a_i}^{-1} G_{a_i}
+        and c = 1 - sum_a G_a^T M_a^{-1} Phi_a^T 1 (0 for least squares with an intercept).
+        """
+        n = data.n
+        k = self.coef.shape[0]
+        phi = np.hstack([np.ones((n, 1)), data.features])
+        p = phi.shape[1]
+        valid = data.codes >= 0
+        flat_codes = data.codes[valid]
+        row_of = np.broadcast_to(data.rows[:, None], data.codes.shape)[valid]
+        mass = pi[valid]
+        g = np.empty((k, p))
+        col_sum = np.empty((k, p))  # Phi_a^T 1
+        a = data.chosen_codes
+        for j in range(p):
+            g[:, j] = np.bincount(flat_codes, weights=mass * phi[row_of, j], minlength=k) / n
+            col_sum[:, j] = np.bincount(a, weights=phi[:, j], minlength=k)
+        h = np.linalg.solve(self.gram, g[:, :, None])[:, :, 0]  # M_a^{-1} G_a (M symmetric)
+        omega = n * np.einsum("np,np->n", phi, h[a])
+        c = 1.0 - float(np.einsum("kp,kp->", h, col_sum))
+        return c * (data.reward - self.base) + omega * (data.reward - q_chosen)
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+@dataclass(frozen=True, eq=False)
+class Contributions:
+    """Per-event contributions (mean = estimate) and what the intervals need.
+
+    Attributes:
+        values: (n,) contributions.
+        bounds: a-priori range of every contribution (for Bernstein), or None.
+        ratio: for ratio estimators, (numerator, denominator) columns with
+            V = mean(num) / mean(den), and their a-priori ranges.
+    """
+
+    values: np.ndarray
+    bounds: tuple[float, float] | None = None
+    ratio: tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]] | None = None
+
+
+class Estimator(Protocol):
+    name: str
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions: ...
+
+    def refit_replicates(
+        self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
+    ) -> np.ndarray | None:
+        """Bootstrap replicates with the reward model refitted, or None if no model."""
+        ...
+
+
+class _NoModel:
+    def refit_replicates(
+        self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
+    ) -> np.ndarray | None:
+        return None
+
+
+@dataclass(frozen=True)
+class IPS(_NoModel):
+    """Inverse propensity scoring: c_i = w_i r_i (Horvitz & Thompson 1952). Unbiased
+    when the logger gives positive probability wherever the target does."""
+
+    name: str = "ips"
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions:
+        w = _weights(data, pi)
+        w_max = _max_weight_bound(data, pi)
+        lo, hi = reward_range
+        return Contributions(w * data.reward, (min(0.0, w_max * lo), max(0.0, w_max * hi)))
+
+
+@dataclass(frozen=True)
+class SNIPS(_NoModel):
+    """Self-normalised IPS: V = sum w r / sum w (Swaminathan & Joachims 2015).
+    Biased by O(1/n), always inside the reward range, lower variance than IPS."""
+
+    name: str = "snips"
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions:
+        w = _weights(data, pi)
+        return _ratio_contributions(w, data.reward, _max_weight_bound(data, pi), reward_range)
+
+
+def _ratio_contributions(
+    den: np.ndarray, reward: np.ndarray, den_max: float, reward_range: tuple[float, float]
+) -> Contributions:
+    lo, hi = reward_range
+    mean_den = float(den.mean())
+    num = den * reward
+    if mean_den <= 0:
+        values = np.full(den.shape, np.nan)
+    else:
+        value = float(num.sum() / den.sum())
+        # delta method: V + den_i (r_i - V) / mean(den); mean is exactly V
+        values = value + den * (reward - value) / mean_den
+    num_bounds = (min(0.0, den_max * lo), max(0.0, den_max * hi))
+    return Contributions(values, None, (num, den, num_bounds, (0.0, den_max)))
+
+
+@dataclass(frozen=True)
+class Replay(_NoModel):
+    """Li et al.'s replay (2011): on uniformly logged data with a fixed number of
+    candidates, keep events where the target's draw equals the logged choice and
+    average their rewards. The draw is seeded; a one-hot target is deterministic."""
+
+    name: str = "replay"
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions:
+        k = data.mask.sum(axis=1)
+        if (k != k[0]).any():
+            raise EstimatorError("replay needs the same number of candidates in every event", field="logging_pmf")
+        if np.abs(data.logging_pmf[data.mask] - 1.0 / k[0]).max() > _PMF_TOLERANCE:
+            raise EstimatorError("replay needs uniformly logged data; use ips/snips/dr", field="logging_pmf")
+        rng = np.random.default_rng(seed)
+        cdf = np.cumsum(pi, axis=1)
+        u = rng.random(data.n)[:, None] * cdf[:, -1:]
+        draw = np.minimum((cdf <= u).sum(axis=1), pi.shape[1] - 1)
+        match = (draw == data.chosen).astype(np.float64)
+        if match.sum() == 0:
+            raise EstimatorError("replay matched no event: the target never agrees with the log", field="target_pmf")
+        return _ratio_contributions(match, data.reward, 1.0, reward_range)
+
+
+def _check_model(model: RewardModel) -> None:
+    if not callable(getattr(model, "fit", None)):
+        raise EstimatorError("reward_model must have fit(features, actions, rewards, n_codes, sample_weight)", field="reward_model")
+
+
+@dataclass(frozen=True)
+class DirectMethod:
+    """DM: V = mean_i sum_j pi_ij q(x_i, j) with q fitted on the whole log.
+
+    Contributions add the model's influence function (see the module docstring)
+    so that the normal interval includes the model's own uncertainty; needs a
+    fitted model with ``influence`` (the built-in ridge has it). The bootstrap
+    refits the model on each resample.
+    """
+
+    reward_model: RewardModel = RidgeRewardModel()
+    name: str = "dm"
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions:
+        _check_model(self.reward_model)
+        fitted = self.reward_model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
+        q = fitted.predict(data.features, data.codes)
+        plug = (pi * q).sum(axis=1)
+        influence = getattr(fitted, "influence", None)
+        if influence is None:
+            raise EstimatorError(
+                "this reward model has no influence(); DM's normal interval would ignore its "
+                "uncertainty: use interval='bootstrap'",
+                field="reward_model",
+            )
+        values = plug + influence(data, pi, q[data.rows, data.chosen])
+        return Contributions(values, None)
+
+    def plug_in(self, data: EventData, pi: np.ndarray) -> np.ndarray:
+        """OBP's DM contributions: sum_j pi_ij q_ij with the model held fixed."""
+        fitted = self.reward_model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
+        return cast(np.ndarray, (pi * fitted.predict(data.features, data.codes)).sum(axis=1))
+
+    def refit_replicates(
+        self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
+    ) -> np.ndarray | None:
+        rng = np.random.default_rng(seed)
+        out = np.empty(n_resamples)
+        actions = data.chosen_codes
+        for b in range(n_resamples):
+            s = rng.poisson(1.0, data.n).astype(np.float64)
+            fitted = self.reward_model.fit(data.features, actions, data.reward, data.n_codes, s)
+            plug = (pi * fitted.predict(data.features, data.codes)).sum(axis=1)
+            out[b] = (s @ plug) / max(s.sum(), 1.0)
+        return out
+
+
+def _folds(n: int, n_folds: int, seed: int) -> np.ndarray:
+    if n_folds < 2:
+        raise EstimatorError("n_folds must be at least 2 (cross-fitting)", field="n_folds")
+    if n < n_folds:
+        raise EstimatorError(f"cross-fitting needs at least n_folds={n_folds} events", field="n_folds")
+    return np.random.default_rng(seed).permutation(n) % n_folds
+
+
+def _cross_fit(
+    model: RewardModel, data: EventData, fold: np.ndarray, n_folds: int, s: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, A) predictions; events in fold k predicted by a model fitted without fold k."""
+    q = np.empty(data.logging_pmf.shape)
+    base = np.ones(data.n) if s is None else s
+    actions = data.chosen_codes
+    for k in range(n_folds):
+        inside = fold == k
+        fitted = model.fit(data.features, actions, data.reward, data.n_codes, np.where(inside, 0.0, base))
+        q[inside] = fitted.predict(data.features[inside], data.codes[inside])
+    return q
+
+
+@dataclass(frozen=True)
+class DoublyRobust:
+    """DR (Dudik, Langford & Li 2011) with a cross-fitted reward model:
+    c_i = sum_j pi_ij q_ij + w_i (r_i - q_{i,a_i}). ``switch_tau`` < inf gives
+    switch-DR (Wang, Agarwal & Dudik 2017): the correction is dropped where w_i > tau."""
+
+    reward_model: RewardModel = RidgeRewardModel()
+    n_folds: int = 5
+    switch_tau: float = math.inf
+    name: str = "dr"
+
+    def __post_init__(self) -> None:
+        if not self.switch_tau > 0:
+            raise EstimatorError("switch_tau must be > 0", field="switch_tau")
+
+    def _values(self, data: EventData, pi: np.ndarray, q: np.ndarray) -> np.ndarray:
+        w = _weights(data, pi)
+        keep = w <= self.switch_tau
+        return cast(np.ndarray, (pi * q).sum(axis=1) + np.where(keep, w * (data.reward - q[data.rows, data.chosen]), 0.0))
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+    ) -> Contributions:
+        _check_model(self.reward_model)
+        q = _cross_fit(self.reward_model, data, _folds(data.n, self.n_folds, seed), self.n_folds)
+        values = self._values(data, pi, q)
+        lo, hi = reward_range
+        qv = q[data.mask]
+        q_lo, q_hi = float(qv.min()), float(qv.max())
+        w_max = min(_max_weight_bound(data, pi), self.switch_tau)
+        bounds = (q_lo + min(0.0, w_max * (lo - q_hi)), q_hi + max(0.0, w_max * (hi - q_lo)))
+        return Contributions(values, bounds)
+
+    def refit_replicates(
+        self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
+    ) -> np.ndarray | None:
+        rng = np.random.default_rng(seed)
+        fold = _folds(data.n, self.n_folds, seed)
+        out = np.empty(n_resamples)
+        for b in range(n_resamples):
+            s = rng.poisson(1.0, data.n).astype(np.float64)
+            q = _cross_fit(self.reward_model, data, fold, self.n_folds, s)
+            out[b] = (s @ self._values(data, pi, q)) / max(s.sum(), 1.0)
+        return out
+
+
+def SwitchDR(reward_model: RewardModel | None = None, n_folds: int = 5, switch_tau: float = 20.0) -> DoublyRobust:
+    """Switch-DR (Wang, Agarwal & Dudik 2017) with threshold ``switch_tau`` on w."""
+    return DoublyRobust(reward_model or RidgeRewardModel(), n_folds, switch_tau, "switch_dr")
+
+
+def make_estimator(
+    method: str,
+    reward_model: RewardModel | None = None,
+    n_folds: int = 5,
+    switch_tau: float = 20.0,
+) -> Estimator:
+    """The estimator named ``method`` (one of :data:`METHODS`)."""
+    model = reward_model or RidgeRewardModel()
+    if method == "ips":
+        return IPS()
+    if method == "snips":
+        return SNIPS()
+    if method == "replay":
+        return Replay()
+    if method == "dm":
+        return DirectMethod(model)
+    if method == "dr":
+        return DoublyRobust(model, n_folds)
+    if method == "switch_dr":
+        return SwitchDR(model, n_folds, switch_tau)
+    raise EstimatorError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}", field="method")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Overlap diagnostics of a target policy on a log.
+
+    Attributes:
+        ess: Kish effective sample size (sum w)^2 / sum w^2 of the importance weights.
+        mean_weight: mean w; 1 in expectation when propensities are right and the
+            target is supported.
+        max_weight: largest w.
+        unsupported_mass: mean over events of the target mass on candidates the
+            logger gave probability 0 or that were never chosen in the log.
+        flags: machine-readable warnings (see the module docstring).
+    """
+
+    ess: float
+    mean_weight: float
+    max_weight: float
+    unsupported_mass: float
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A policy value estimate with its interval; ``value`` is never clipped."""
+
+    value: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n: int
+    method: str
+    interval: str
+    diagnostics: Diagnostics
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.diagnostics.flags
+
+
+def diagnose(data: EventData, pi: np.ndarray, reward_range: tuple[float, float] = (0.0, 1.0)) -> Diagnostics:
+    """Weight and support diagnostics of target ``pi`` (n, A) on ``data``."""
+    w = _weights(data, pi)
+    n = data.n
+    total = float(w.sum())
+    sq = float(w @ w)
+    ess = total * total / sq if sq > 0 else 0.0
+    mean_w = total / n
+    max_w = float(w.max())
+    tried = np.bincount(data.chosen_codes, minlength=max(data.n_codes, 1)) > 0
+    untried = (data.codes >= 0) & ~tried[np.maximum(data.codes, 0)]
+    unsupported = float((pi * ((data.logging_pmf <= 0) | untried)).sum() / n)
+    flags: list[str] = []
+    se_w = float(np.std(w, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    if abs(mean_w - 1.0) > max(4.0 * se_w, 1e-9):
+        flags.append("mean_weight_far_from_1")
+    if ess < max(10.0, 0.01 * n):
+        flags.append("tiny_ess")
+    if total <= 0:
+        flags.append("no_overlap")
+    elif max_w >= 100.0 or max_w / total > 0.05:
+        flags.append("extreme_weight")
+    if unsupported > 1e-12:
+        flags.append("unsupported_mass")
+    lo, hi = reward_range
+    if data.reward.min() < lo or data.reward.max() > hi:
+        flags.append("reward_outside_declared_range")
+    return Diagnostics(ess, mean_w, max_w, unsupported, tuple(flags))
+
+
+def _as_data(log: BanditLog | EventData, features: np.ndarray | None) -> EventData:
+    if isinstance(log, EventData):
+        if features is not None:
+            raise EstimatorError("pass features to EventData.from_log, not with EventData", field="features")
+        return log
+    if isinstance(log, BanditLog):
+        return EventData.from_log(log, features)
+    raise EstimatorError(f"expected a BanditLog or EventData, got {type(log).__name__}", field="log")
+
+
+def contributions(
+    log: BanditLog | EventData,
+    target_pmf: np.ndarray,
+    method: str = "dr",
+    *,
+    reward_model: RewardModel | None = None,
+    features: np.ndarray | None = None,
+    seed: int = 0,
+    reward_range: tuple[float, float] = (0.0, 1.0),
+    n_folds: int = 5,
+    switch_tau: float = 20.0,
+) -> np.ndarray:
+    """(n,) per-event contributions of ``method``; their mean is the estimate.
+    Same events and seed give paired arrays for two targets (see :mod:`analysis.compare`)."""
+    data = _as_data(log, features)
+    pi = _check_target(data, target_pmf)
+    rr = _check_reward_range(reward_range)
+    estimator = make_estimator(method, reward_model, n_folds, switch_tau)
+    return estimator.contributions(data, pi, rr, seed).values
+
+
+def estimate(
+    log: BanditLog | EventData,
+    target_pmf: np.ndarray,
+    method: str = "dr",
+    interval: str = "normal",
+    level: float = 0.95,
+    *,
+    reward_model: RewardModel | None = None,
+    features: np.ndarray | None = None,
+    seed: int = 0,
+    reward_range: tuple[float, float] = (0.0, 1.0),
+    n_resamples: int = 1000,
+    n_folds: int = 5,
+    switch_tau: float = 20.0,
+    refit: bool | None = None,
+) -> Estimate:
+    """Estimate the value of ``target_pmf`` (n, A; aligned with the log's candidate
+    columns, 0 on padding) on ``log``.
+
+    Args:
+        method: one of ``ips, snips, dm, dr, switch_dr, replay``.
+        interval: ``normal`` | ``bootstrap`` (percentile, Poisson weights, seeded) |
+            ``bernstein`` (finite-sample, needs rewards in ``reward_range``; not for dm).
+        reward_model: for dm/dr/switch_dr; default :class:`RidgeRewardModel` ().
+        features: (n, d) numeric context matrix for the reward model.
+        seed: fixes cross-fitting folds, replay draws and bootstrap weights.
+        reward_range: a-priori reward bounds, for flags and the Bernstein interval.
+        refit: bootstrap refits the reward model on each resample (exact, slow);
+            False bootstraps the contributions (first-order equivalent: DR's model
+            error is second order, DM's contributions carry the model's influence);
+            None refits when n * n_resamples <= 5e7.
+    """
+    level = check_level(level)
+    if interval not in INTERVALS:
+        raise EstimatorError(f"unknown interval {interval!r}; expected one of {', '.join(INTERVALS)}", field="interval")
+    data = _as_data(log, features)
+    pi = _check_target(data, target_pmf)
+    rr = _check_reward_range(reward_range)
+    estimator = make_estimator(method, reward_model, n_folds, switch_tau)
+    contrib = estimator.contributions(data, pi, rr, seed)
+    values = contrib.values
+    value = float(values.mean())
+    label = interval
+    if interval == "normal":
+        ci = normal_interval(values, level)
+    elif interval == "bootstrap":
+        se = normal_interval(values, level).stderr
+        do_refit = data.n * n_resamples <= _REFIT_BUDGET if refit is None else refit
+        replicates = estimator.refit_replicates(data, pi, n_resamples, seed) if do_refit else None
+        if replicates is not None:
+            label = "bootstrap-refit"
+        elif contrib.ratio is not None:
+            num, den = contrib.ratio[0], contrib.ratio[1]
+            replicates = resample_statistic(np.column_stack([num, den]), _ratio, n_resamples, seed)
+        else:
+            replicates = resample_statistic(values, _first, n_resamples, seed)
+        ci = bootstrap_interval(replicates, value, se, level, label)
+    else:
+        if reward_range[0] > data.reward.min() or reward_range[1] < data.reward.max():
+            raise EstimatorError("bernstein needs every reward inside reward_range", field="reward_range")
+        ci = _bernstein(contrib, rr, level, method)
+    diagnostics = diagnose(data, pi, rr)
+    flags = diagnostics.flags
+    if math.isfinite(value) and not (rr[0] - 1e-12 <= value <= rr[1] + 1e-12):
+        flags = (*flags, "out_of_reward_range")
+    diagnostics = Diagnostics(diagnostics.ess, diagnostics.mean_weight, diagnostics.max_weight, diagnostics.unsupported_mass, flags)
+    loud = [f for f in flags if f in ("extreme_weight", "out_of_reward_range", "mean_weight_far_from_1", "no_overlap")]
+    if loud:
+        logger.warning("%s estimate %.6g on %d events: %s", method, value, data.n, ", ".join(loud))
+    return Estimate(value, ci.stderr, ci.low, ci.high, level, data.n, method, label, diagnostics)
+
+
+def _first(means: np.ndarray) -> np.ndarray:
+    return means[:, 0]
+
+
+def _ratio(means: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return cast(np.ndarray, means[:, 0] / means[:, 1])
+
+
+def _bernstein(contrib: Contributions, reward_range: tuple[float, float], level: float, method: str) -> Interval:
+    if contrib.ratio is not None:
+        return _ratio_bernstein(contrib, reward_range, level)
+    if contrib.bounds is None:
+        raise EstimatorError(
+            f"bernstein needs a-priori bounded contributions, which {method} has not; use normal or bootstrap",
+            field="interval",
+        )
+    return bernstein_interval(contrib.values, contrib.bounds, level)
+
+
+def _ratio_bernstein(contrib: Contributions, reward_range: tuple[float, float], level: float) -> Interval:
+    """V = N / D with D > 0: Bernstein intervals for N' = mean(den (r - lo)) and D at
+    level 1 - (1 - level)/2 each (union bound), then V - lo in [N'_lo / D_hi, N'_hi / D_lo]."""
+    assert contrib.ratio is not None
+    num, den, _, den_bounds = contrib.ratio
+    lo, hi = reward_range
+    shifted = num - den * lo
+    inner = 1.0 - (1.0 - level) / 2.0
+    n_ci = bernstein_interval(shifted, (0.0, den_bounds[1] * (hi - lo)), inner)
+    d_ci = bernstein_interval(den, den_bounds, inner)
+    low = lo + max(0.0, n_ci.low) / d_ci.high if d_ci.high > 0 else lo
+    high = min(hi, lo + n_ci.high / d_ci.low) if d_ci.low > 0 else hi
+    return Interval(max(lo, low), high, normal_interval(contrib.values, level).stderr if np.isfinite(contrib.values).all() else float("nan"), level, "bernstein")
+
