@@ -393,6 +393,12 @@ def test_geo_headers_are_read_only_when_configured() -> None:
         ("192.168.1.1", "unknown"),
         ("::1", "unknown"),
         ("fe80::1", "unknown"),
+        ("169.254.1.1", "unknown"),  # link-local
+        ("100.64.0.1", "unknown"),  # carrier-grade NAT
+        ("203.0.113.77", "unknown"),  # documentation range
+        ("2001:db8::1", "unknown"),
+        ("fc00::1", "unknown"),
+        ("::ffff:10.0.0.1", "unknown"),
         ("not-an-ip", "unknown"),
         ("8.8.8.8, 10.0.0.1", "unknown"),  # api must pick one forwarded address
     ],
