@@ -307,7 +307,8 @@ _BROWSER_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 # Markers searched in the lower-cased User-Agent and device family. Plain substring
-# tests: re.IGNORECASE alternations cost ~40 us per User-Agent, these ~3 us.
+# tests: one re.IGNORECASE alternation of the bot markers measured ~40 us per
+# User-Agent, these loops a few us.
 _BOT_WORD = re.compile(r"bot\b")  # Googlebot/, bingbot/, GPTBot/, UptimeRobot/ ...
 _BOT_MARKERS = (
     "crawl", "spider", "slurp", "scrapy", "headless", "phantomjs", "lighthouse",
