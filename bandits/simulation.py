@@ -580,7 +580,8 @@ class World:
 
     def expected_rewards(self, visitor: Visitor, blocks: Sequence[Block] | None = None) -> np.ndarray:
         """Click probability of each block (default: the whole catalog) for this visitor."""
-        return self._catalog_probabilities(visitor)[self._indices(blocks)]
+        probabilities: np.ndarray = self._catalog_probabilities(visitor)[self._indices(blocks)]
+        return probabilities
 
     def optimal(self, visitor: Visitor, blocks: Sequence[Block] | None = None) -> Block:
         """The block with the highest click probability (first one on ties)."""
@@ -731,19 +732,23 @@ class SimulationResult:
 
     @property
     def chosen_expected(self) -> np.ndarray:
-        return self.expected[np.arange(self.n), self.chosen]
+        values: np.ndarray = self.expected[np.arange(self.n), self.chosen]
+        return values
 
     @property
     def policy_expected(self) -> np.ndarray:
-        return (self.pmf * self.expected).sum(axis=1)
+        values: np.ndarray = (self.pmf * self.expected).sum(axis=1)
+        return values
 
     @property
     def oracle_expected(self) -> np.ndarray:
-        return self.expected.max(axis=1)
+        values: np.ndarray = self.expected.max(axis=1)
+        return values
 
     @property
     def uniform_expected(self) -> np.ndarray:
-        return self.expected.mean(axis=1)
+        values: np.ndarray = self.expected.mean(axis=1)
+        return values
 
     def summary(self, start: int = 0, stop: int | None = None) -> WindowSummary:
         """Summary of events ``[start, stop)`` (negative start counts from the end)."""
@@ -803,7 +808,7 @@ def run_policy(
         blocks: candidates offered every time (default: the world's catalog).
         catalog_key: passed to ``pmf`` (reuse of parsed block examples).
     """
-    policy: Any = chooser if hasattr(chooser, "pmf") else chooser()  # type: ignore[operator]
+    policy: Any = chooser if hasattr(chooser, "pmf") else chooser()
     offered = tuple(world.catalog if blocks is None else blocks)
     candidates = [b.to_candidate() for b in offered]
     offered_index = world._indices(offered)
