@@ -797,7 +797,7 @@ def run_policy(
 
     Each decision: the visitor's context and the candidates go to
     ``chooser.pmf``; the pmf is cleaned with ``normalize_pmf`` and sampled with
-    ``sample_index`` at a uniform draw; the click is drawn from the world; if
+    ``sample_index`` at a uniform draw; the click is drawn with the world's click probability; if
     ``learn`` and the chooser has ``learn`` (``VWPolicy``), it learns at once
     from the cost ``cost_from_reward(click, 0, 1)`` and the logged probability.
 

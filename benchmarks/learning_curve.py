@@ -26,6 +26,7 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def run_table(names: list[str], seeds: list[int], events: int, last: int, drift:
         rewards, gaps, margins, seconds = [], [], [], []
         for s in seeds:
             result = run_policy(
-                World(seed=s, drift=drift), lambda c=config: VWPolicy(c), events, seed=s, catalog_key="catalog"
+                World(seed=s, drift=drift), partial(VWPolicy, config), events, seed=s, catalog_key="catalog"
             )
             summary = result.summary(-last)
             rewards.append(summary.policy)

@@ -23,6 +23,7 @@ from bandits.simulation import (
     DEFAULT_CATALOG,
     Block,
     Population,
+    Visitor,
     World,
     daypart,
     run_policy,
@@ -35,7 +36,7 @@ def world() -> World:
 
 
 @pytest.fixture(scope="module")
-def crowd(world: World) -> list:
+def crowd(world: World) -> list[Visitor]:
     # 20,000 visitors at 2,000 a day: ten whole-ish days of traffic.
     return list(world.visitors(20_000))
 
@@ -66,7 +67,7 @@ def test_run_policy_is_reproducible() -> None:
     assert not np.array_equal(run_policy(w, UniformPolicy(), 500, seed=4).chosen, r1.chosen)
 
 
-def test_visitors_are_in_time_order_with_aware_timestamps(crowd: list) -> None:
+def test_visitors_are_in_time_order_with_aware_timestamps(crowd: list[Visitor]) -> None:
     times = [v.timestamp for v in crowd]
     assert all(t.tzinfo is not None for t in times[:100])
     assert times == sorted(times)
@@ -80,7 +81,7 @@ def test_visitors_are_in_time_order_with_aware_timestamps(crowd: list) -> None:
 # ---------------------------------------------------------------- ground truth
 
 
-def test_oracle_is_the_argmax_of_expected_rewards(world: World, crowd: list) -> None:
+def test_oracle_is_the_argmax_of_expected_rewards(world: World, crowd: list[Visitor]) -> None:
     subset = [b for b in DEFAULT_CATALOG if b.category != "offer"]
     for visitor in crowd[:500]:
         p = world.expected_rewards(visitor)
@@ -96,7 +97,7 @@ def test_oracle_is_the_argmax_of_expected_rewards(world: World, crowd: list) -> 
         world.expected_rewards(crowd[0], [Block("unknown", "news", "short")])
 
 
-def test_click_model_has_the_written_interactions(world: World, crowd: list) -> None:
+def test_click_model_has_the_written_interactions(world: World, crowd: list[Visitor]) -> None:
     """Regional offers win in their country; short news beats video on mobile mornings."""
     index = {b.id: i for i, b in enumerate(DEFAULT_CATALOG)}
     home, abroad, morning_news, morning_video = [], [], [], []
@@ -113,7 +114,7 @@ def test_click_model_has_the_written_interactions(world: World, crowd: list) -> 
     assert np.mean(morning_news) > 2 * np.mean(morning_video)
 
 
-def test_oracle_gap_is_substantial(world: World, crowd: list) -> None:
+def test_oracle_gap_is_substantial(world: World, crowd: list[Visitor]) -> None:
     p = np.array([world.expected_rewards(v) for v in crowd[:5000]])
     uniform, oracle, best_fixed = p.mean(), p.max(axis=1).mean(), p.mean(axis=0).max()
     assert oracle > 2 * uniform  # context matters...
@@ -122,7 +123,7 @@ def test_oracle_gap_is_substantial(world: World, crowd: list) -> None:
     assert len(Counter(int(np.argmax(row)) for row in p)) >= 6
 
 
-def test_rewards_follow_the_click_probability(world: World, crowd: list) -> None:
+def test_rewards_follow_the_click_probability(world: World, crowd: list[Visitor]) -> None:
     rng = np.random.default_rng(0)
     visitor, block = crowd[7], DEFAULT_CATALOG[0]
     p = float(world.expected_rewards(visitor, [block])[0])
@@ -140,7 +141,7 @@ def test_rewards_follow_the_click_probability(world: World, crowd: list) -> None
     assert values and all(o.conversion_delay_seconds > o.click_delay_seconds for o in values)
 
 
-def test_drift_rotates_preferences_away_from_the_start(crowd: list) -> None:
+def test_drift_rotates_preferences_away_from_the_start(crowd: list[Visitor]) -> None:
     still, drifting = World(seed=11), World(seed=11, drift=3.0)
     early = crowd[0]
     assert np.array_equal(still.expected_rewards(early), drifting.expected_rewards(early))
@@ -153,7 +154,7 @@ def test_drift_rotates_preferences_away_from_the_start(crowd: list) -> None:
 # ---------------------------------------------------------------- the population
 
 
-def test_mix_matches_configured_shares(crowd: list) -> None:
+def test_mix_matches_configured_shares(crowd: list[Visitor]) -> None:
     pop = Population()
     n = len(crowd)
 
@@ -173,7 +174,7 @@ def test_mix_matches_configured_shares(crowd: list) -> None:
     check(joint, {(d.type, d.os, d.browser): d.share for d in pop.devices}, 0.0)  # type: ignore[misc]
 
 
-def test_traffic_follows_the_local_daily_curve(crowd: list) -> None:
+def test_traffic_follows_the_local_daily_curve(crowd: list[Visitor]) -> None:
     hours = Counter(v.local_time().hour for v in crowd)
     evening = sum(hours[h] for h in (19, 20, 21))
     night = sum(hours[h] for h in (2, 3, 4))
@@ -182,14 +183,14 @@ def test_traffic_follows_the_local_daily_curve(crowd: list) -> None:
     assert len(weekdays) == 7
 
 
-def test_devices_are_consistent_and_user_agents_parse_to_them(crowd: list) -> None:
+def test_devices_are_consistent_and_user_agents_parse_to_them(crowd: list[Visitor]) -> None:
     os_family = {"ios": {"iOS"}, "android": {"Android"}, "windows": {"Windows"}, "macos": {"Mac OS X"}, "linux": {"Linux"}}
     for agent, kind, os in {(v.user_agent, v.device_type, v.os) for v in crowd}:
         parsed = parse_user_agent(agent)
         assert parsed.os is not None and parsed.os.family in os_family[os], agent
         assert (os in ("ios", "android")) == (kind in ("mobile", "tablet"))
     # the service's own derivation from headers alone gives the visitor's device
-    seen = {}
+    seen: dict[tuple[str, str, str], Visitor] = {}
     for v in crowd:
         seen.setdefault((v.device_type, v.os, v.browser), v)
     assert len(seen) == len(Population().devices)
@@ -216,7 +217,7 @@ def _facts_from_request(body: dict, headers: dict[str, str]) -> RequestFacts:
     )
 
 
-def test_request_body_round_trips_into_the_same_context(crowd: list) -> None:
+def test_request_body_round_trips_into_the_same_context(crowd: list[Visitor]) -> None:
     far_clock = datetime(2030, 1, 1, tzinfo=UTC)  # the body's timestamp must win
     for v in crowd[::97]:
         ctx = v.context()
