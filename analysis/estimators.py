@@ -96,6 +96,7 @@ __all__ = [
     "RewardModel",
     "RidgeRewardModel",
     "SNIPS",
+    "action_codes",
     "SwitchDR",
     "contributions",
     "diagnose",
@@ -159,7 +160,7 @@ class EventData:
     @classmethod
     def from_log(cls, log: BanditLog, features: np.ndarray | None = None) -> EventData:
         """Arrays of a :class:`BanditLog`; ``features`` an optional (n, d) numeric matrix."""
-        codes, n_codes = _factorize(log.action_ids, log.action_mask)
+        codes, _ = action_codes(log.action_ids, log.action_mask)
         return cls.from_arrays(
             reward=log.reward,
             chosen=log.chosen,
@@ -238,21 +239,21 @@ def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str) -> None:
         )
 
 
-def _factorize(action_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Integer code per distinct action id, -1 on padding."""
+def action_codes(action_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[object]]:
+    """(n, A) integer code per distinct action id (-1 on padding) and the ids by code."""
     n, width = action_ids.shape
     codes = np.full((n, width), -1, dtype=np.int64)
     if n == 0:
-        return codes, 0
+        return codes, []
     first = action_ids[0]
     if mask.all() and len(set(first.tolist())) == width and (action_ids == first).all():
         # fast path: one fixed catalog in one order (the usual slot log)
         codes[:] = np.arange(width)
-        return codes, width
+        return codes, first.tolist()
     index: dict[object, int] = {}
     flat = action_ids[mask].tolist()
     codes[mask] = [index.setdefault(a, len(index)) for a in flat]
-    return codes, len(index)
+    return codes, list(index)
 
 
 def _check_target(data: EventData, target_pmf: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ in ``field``; it is the root of every error raised by the estimators.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -86,7 +87,7 @@ def normal_interval(values: np.ndarray, level: float = 0.95) -> Interval:
     level = check_level(level)
     mean = float(np.mean(values))
     se = _stderr(values)
-    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
     return Interval(mean - z * se, mean + z * se, se, level, "normal")
 
 
