@@ -37,12 +37,13 @@ Tests (two-sided, ``alpha = 1 - level``)
       per-arm intervals are Wilson score intervals.
     * ``sequential_cs``: always-valid inference, see below.
 
-    Relative lift ``(mu_B - mu_A) / mu_A`` gets a delta-method variance
+    Relative lift ``(mu_B - mu_A) / |mu_A|`` gets a delta-method variance
     (Deng et al. 2018; gbstats ``TTest.variance``)::
 
         Var ~= s_B^2 / (mu_A^2 n_B) + s_A^2 mu_B^2 / (mu_A^4 n_A)
 
-    The p-value belongs to the absolute difference. Holm's step-down
+    (divided by ``|mu_A|`` so that a positive lift means "higher than control"
+    even for negative rewards). The p-value belongs to the absolute difference. Holm's step-down
     correction (Holm 1979) adjusts the p-values across the arms compared with
     control (:func:`holm`, equal to statsmodels ``multipletests(p,
     method="holm")``); intervals are not widened.
@@ -321,7 +322,7 @@ class ArmStats:
         if units == 0 and (decisions or self.reward_sum or self.reward_sum_squares
                            or self.decisions_sum_squares or self.reward_decisions_sum_products):
             raise InvalidStatistics("sums must be 0 when units is 0", field="units")
-        if decisions < units and self.decisions_sum_squares < decisions:
+        if self.decisions_sum_squares < decisions * (1 - 1e-12):
             raise InvalidStatistics(
                 "decisions_sum_squares must be >= decisions (counts are whole numbers)",
                 field="decisions_sum_squares",
@@ -803,7 +804,8 @@ def _comparison(
         mb = _Moments(mb.mean, mb.mean * (1 - mb.mean), mb.n)
     power = _power(ma, mb, share_a, share_b, config)
     diff = mb.mean - ma.mean
-    relative = diff / ma.mean if ma.mean != 0 else None
+    # relative to |control| so that a positive lift always means "arm higher than control"
+    relative = diff / abs(ma.mean) if ma.mean != 0 else None
     if ma.mean == 0:
         codes.append(CONTROL_MEAN_ZERO)
     var_diff = ma.variance / ma.n + mb.variance / mb.n

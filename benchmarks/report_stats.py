@@ -80,7 +80,7 @@ def main() -> None:
                                shares=HALF, config=config).comparisons[0]
         assert c.absolute_ci is not None and c.relative_ci is not None
         detected.append(c.significant and (c.absolute_lift or 0) > 0)
-        predicted.append(c.power.power_at_target)
+        predicted.append(c.power.power_at_target or 0.0)
         cover_abs.append(c.absolute_ci[0] <= 0.01 <= c.absolute_ci[1])
         cover_rel.append(c.relative_ci[0] <= lift <= c.relative_ci[1])
     lines.append(row("A/B +10% relative: detected", float(np.mean(detected)), reps,

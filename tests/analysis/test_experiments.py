@@ -385,6 +385,8 @@ INVALID: list[tuple[str, Callable[[], Any], type[ExperimentError], str]] = [
     ("negative squares", lambda: ArmStats(3, 0, -1, 3, 3, 0), InvalidStatistics, r"reward_sum_squares must be >= 0"),
     ("impossible squares", lambda: ArmStats(4, 10, 20, 4, 4, 10), InvalidStatistics, r"reward_sum\^2 exceeds"),
     ("impossible counts", lambda: ArmStats(4, 1, 1, 10, 20, 1), InvalidStatistics, r"decisions\^2 exceeds"),
+    ("counts below decisions", lambda: ArmStats(3, 1, 1, 6, 5, 1), InvalidStatistics,
+     r"decisions_sum_squares must be >= decisions"),
     ("sums without units", lambda: ArmStats(0, 1, 1, 0, 0, 0), InvalidStatistics, r"sums must be 0 when units is 0"),
     ("text", lambda: ArmStats(3, "x", 1, 3, 3, 1), InvalidStatistics, r"reward_sum must be a number"),  # type: ignore[arg-type]
     ("binary above decisions", lambda: analyze_experiment(
@@ -499,8 +501,9 @@ def test_segments_share_one_holm_family() -> None:
     single = analyze_experiment(segments["mobile"], control="control", shares=shares,
                                 config=AnalysisConfig(binary=True))
     assert single.comparison("B").p_value == breakdown.results["mobile"].comparison("B").p_value
-    assert (breakdown.results["mobile"].comparison("B").p_value_adjusted
-            > single.comparison("B").p_value_adjusted)  # type: ignore[operator]
+    in_family = breakdown.results["mobile"].comparison("B").p_value_adjusted
+    alone = single.comparison("B").p_value_adjusted
+    assert in_family is not None and alone is not None and in_family > alone
     assert breakdown.results["mobile"].verdicts[0].startswith("device_type = mobile: arm B beats control")
     json.dumps(breakdown.to_dict(), allow_nan=False)
 
@@ -522,3 +525,28 @@ def test_cumulative_series_adds_buckets() -> None:
     assert b[-1].absolute_ci == final.comparison("B").absolute_ci
     assert series.for_arm("control")[0].absolute_lift is None
     json.dumps(series.to_dict(), allow_nan=False)
+
+
+def test_relative_lift_is_signed_against_the_control_magnitude() -> None:
+    rng = np.random.default_rng(61)
+    ya, yb = rng.normal(-2.0, 1.0, 500), rng.normal(-1.8, 1.0, 500)
+    ones = np.ones(500)
+    arms = {"control": ArmStats.from_unit_totals(ya, ones), "B": ArmStats.from_unit_totals(yb, ones)}
+    c = analyze_experiment(arms, control="control", shares=HALF,
+                           config=AnalysisConfig(metric="reward_per_unit")).comparison("B")
+    assert c.absolute_lift is not None and c.absolute_lift > 0
+    assert_close(c.relative_lift, (yb.mean() - ya.mean()) / abs(ya.mean()))
+
+
+def test_public_surface_is_pinned() -> None:
+    import analysis.experiments as module
+
+    assert sorted(module.__all__) == sorted([
+        "CODES", "AnalysisConfig", "ArmResult", "ArmStats", "Comparison", "ExperimentError",
+        "ExperimentResult", "InvalidConfig", "InvalidExperiment", "InvalidStatistics",
+        "PowerAnalysis", "RatioStatistic", "SampleMeanStatistic", "SampleRatioCheck",
+        "SegmentBreakdown", "SeriesPoint", "TimeSeries", "analyze_experiment", "analyze_segments",
+        "cumulative_series", "holm", "sample_ratio_check", "sequential_halfwidth",
+        "sequential_p_value", "sequential_rho", "two_proportion_ztest", "welch_ttest",
+    ])
+    assert all(hasattr(module, name) for name in module.__all__)

@@ -167,7 +167,7 @@ def test_ab_true_lift_detected_with_computed_power_and_covered() -> None:
                                shares=HALF, config=config).comparisons[0]
         assert c.absolute_ci is not None and c.relative_ci is not None
         detected.append(c.significant and (c.absolute_lift or 0) > 0)
-        predicted.append(c.power.power_at_target)
+        predicted.append(c.power.power_at_target or 0.0)
         covered_abs.append(c.absolute_ci[0] <= rate * lift <= c.absolute_ci[1])
         covered_rel.append(c.relative_ci[0] <= lift <= c.relative_ci[1])
     power, expected = float(np.mean(detected)), float(np.mean(predicted))
