@@ -125,6 +125,7 @@ __all__ = [
     "analyze_segments",
     "cumulative_series",
     "holm",
+    "power_analysis",
     "sample_ratio_check",
     "sequential_halfwidth",
     "sequential_p_value",
@@ -783,6 +784,34 @@ def _power(
         required_units_control=req_a, required_units_arm=req_b,
         additional_units_per_arm=max(0, req_a - ma.n, req_b - mb.n),
     )
+
+
+def power_analysis(
+    control: ArmStats,
+    arm: ArmStats,
+    *,
+    control_share: float = 0.5,
+    arm_share: float = 0.5,
+    config: AnalysisConfig = AnalysisConfig(),  # noqa: B008 - frozen, immutable default
+) -> PowerAnalysis:
+    """MDE, power at ``config.target_relative_lift`` and required units for one comparison.
+
+    The same numbers as ``Comparison.power``; call with
+    ``dataclasses.replace(config, target_relative_lift=x)`` for another effect.
+    Shares only set the allocation between the two arms (need not sum to 1).
+    """
+    for name, share in (("control_share", control_share), ("arm_share", arm_share)):
+        if not _finite(share, name, InvalidExperiment) > 0:
+            raise InvalidExperiment(f"{name} must be > 0", field=name)
+    codes = sorted(set(_metric_codes(control, config) + _metric_codes(arm, config)))
+    if codes:
+        return PowerAnalysis(config.alpha, config.power, config.target_relative_lift,
+                             None, None, None, None, None, None, tuple(codes))
+    ma, mb = _moments(control, config), _moments(arm, config)
+    if _proportion_case(control, arm, config):
+        ma = _Moments(ma.mean, ma.mean * (1 - ma.mean), ma.n)
+        mb = _Moments(mb.mean, mb.mean * (1 - mb.mean), mb.n)
+    return _power(ma, mb, control_share, arm_share, config)
 
 
 def _comparison(

@@ -38,6 +38,7 @@ from analysis.experiments import (
     analyze_segments,
     cumulative_series,
     holm,
+    power_analysis,
     sample_ratio_check,
     sequential_halfwidth,
     sequential_p_value,
@@ -243,6 +244,14 @@ def test_power_mde_and_required_units_match_normal_ind_power() -> None:
     n_control = engine.solve_power(effect_size=effect, nobs1=None, alpha=0.05, power=0.8, ratio=3.0)
     assert p2.required_units_control == math.ceil(n_control)
     assert abs(p2.required_units_arm - 3 * n_control) <= 1  # type: ignore[operator]
+    # the standalone helper gives the same numbers, for any effect
+    alone = power_analysis(arms["control"], arms["B"], control_share=0.25, arm_share=0.75,
+                           config=AnalysisConfig(metric="reward_per_unit", target_relative_lift=0.1))
+    assert alone == p2
+    other = power_analysis(arms["control"], arms["B"],
+                           config=AnalysisConfig(metric="reward_per_unit", target_relative_lift=0.03))
+    assert_close(other.power_at_target,
+                 engine.power(0.03 * ya.mean() / sd, nobs1=1500, alpha=0.05, ratio=1.0))
 
 
 def test_sequential_matches_waudby_smith_formulas() -> None:
@@ -546,7 +555,7 @@ def test_public_surface_is_pinned() -> None:
         "ExperimentResult", "InvalidConfig", "InvalidExperiment", "InvalidStatistics",
         "PowerAnalysis", "RatioStatistic", "SampleMeanStatistic", "SampleRatioCheck",
         "SegmentBreakdown", "SeriesPoint", "TimeSeries", "analyze_experiment", "analyze_segments",
-        "cumulative_series", "holm", "sample_ratio_check", "sequential_halfwidth",
+        "cumulative_series", "holm", "power_analysis", "sample_ratio_check", "sequential_halfwidth",
         "sequential_p_value", "sequential_rho", "two_proportion_ztest", "welch_ttest",
     ])
     assert all(hasattr(module, name) for name in module.__all__)
