@@ -84,9 +84,11 @@ def _check(connection: ASGIConnection, allowed: tuple[str, ...]) -> None:  # typ
         raise PermissionDeniedException(f"this key's scope '{scope}' may not do this")
 
 
-def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+# Async on purpose: Litestar runs sync guards in a worker thread, a thread hop per request.
+# A cache miss does one indexed lookup; keys are few and cached for ttl_s.
+async def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     _check(connection, ("decide", "admin"))
 
 
-def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     _check(connection, ("admin",))

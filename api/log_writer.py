@@ -35,6 +35,17 @@ _table = Decision.__table__
 class _Item:
     row: dict[str, Any]
     done: Callable[[BaseException | None], None] | None
+    future: asyncio.Future[None] | None = None
+
+
+def _settle(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in results:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class DecisionWriter:
@@ -66,19 +77,11 @@ class DecisionWriter:
         """Submit and wait until the row is committed (raises what the commit raised)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def done(error: BaseException | None) -> None:
-            def settle() -> None:
-                if future.done():
-                    return
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-
-            loop.call_soon_threadsafe(settle)
-
-        self.submit(row, done)
+        if self._stopped:
+            raise RuntimeError("decision writer is stopped")
+        with self._lock:
+            self._pending[row["event_id"]] = row
+        self._queue.put(_Item(row, None, future))
         await future
 
     def write_sync(self, row: dict[str, Any], timeout: float = 30.0) -> None:
@@ -153,9 +156,18 @@ class DecisionWriter:
         with self._lock:
             for item in rows:
                 self._pending.pop(item.row["event_id"], None)
+        # One wake-up of each event loop per batch, not one per decision.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
         for item in batch:
             if item.done is not None:
                 item.done(errors.get(id(item)))
+            if item.future is not None:
+                by_loop.setdefault(item.future.get_loop(), []).append((item.future, errors.get(id(item))))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, results)
+            except RuntimeError:  # that loop has closed: nobody is waiting any more
+                pass
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._engine.begin() as connection:
