@@ -1,0 +1,891 @@
+"""The learner: joins decisions with their rewards, learns each ``vw`` policy online, writes snapshots.
+
+For each policy of kind ``vw`` the learner reads the decisions logged under it
+in ``seq`` order after its cursor and, for each one that is *ready*,
+
+1. joins its rewards that arrived within the reward window (``created_at <=
+   decision.created_at + slot.reward_window_s``) and aggregates them by the
+   slot's rule (:func:`aggregate_rewards`: sum / first / max, clipped to the
+   slot's range, the slot's default reward when none came);
+2. learns it with :meth:`bandits.policies.VWPolicy.learn` on the exact
+   candidates of the decision (its catalog version, or its inline candidates)
+   and its logged context, with the logged probability, or skips it with a
+   counted reason (logging-only, fallback, no consent, not activated, ...).
+
+Readiness. A decision is ready when its window has closed, or earlier when one
+reward is final: the first reward under ``first``, a reward at ``reward_max``
+under ``max``. Both are judged against ``now - safety_margin_s``:
+
+* PostgreSQL hands out ``seq`` at insert time but several workers commit in
+  any order, so a lower ``seq`` can become visible after a higher one. The
+  learner never looks at a decision younger than the margin (default 3 s, far
+  above a group commit of a few milliseconds), so by the time it passes a
+  ``seq`` no lower one can still appear. The same margin covers a reward or an
+  activation stamped just inside the window whose commit lands just after it.
+* Decisions are taken strictly in order: the first one that is not ready stops
+  the step (the cursor is one number). An early-final decision behind one whose
+  window is still open waits for it.
+
+Late rewards (stamped after the window) are kept in the log and counted
+(``late_rewards`` in the snapshot metrics for those the learner saw, and
+:func:`count_late_rewards` for all of them), never learned: what a decision is
+learned with does not depend on when the learner ran.
+
+Modes (the decision's own ``learning_mode``): ``online`` learns decisions of
+kind ``vw`` with the real reward; ``apprentice`` learns to imitate the default
+block: reward 1 when the logged choice is the default block, else 0 (plus one
+counter-example, a non-default block with reward 0, so the ranking is learned
+and not only the default's score). Before each apprentice update the model's
+top choice is compared with the default block (``apprentice.match_rate``);
+``logging-only`` learns nothing.
+
+Exactly once. Every ``snapshot_every`` learned decisions or
+``snapshot_interval_s`` seconds the model, the cursor (the last ``seq``
+processed) and the training metrics are written as a new snapshot version in
+ONE transaction. A restarted learner loads the newest snapshot and continues
+after its cursor: whatever it learned after that snapshot is learned again
+into the restored model, once. With ``ledger`` on, the same transaction
+records every learned ``(policy, seq)`` under a primary key, so a decision
+learned twice would be an integrity error.
+
+One writer per policy. A lease row per policy (``learner_leases``: holder,
+expiry) is taken with one conditional UPDATE, renewed every step, and checked
+again inside each snapshot transaction (it fences a learner that stalled past
+its expiry). It works the same on SQLite and PostgreSQL, and several learner
+processes split the policies between them. A snapshot is also refused when
+the newest version is no longer the one the learner started from (an admin
+import, reset or rollback happened): the learner then reloads that version and
+its cursor, and learns on from there.
+
+Metrics (per snapshot, cumulative, plus ``window`` for the part since the
+previous snapshot): ``decisions_learned``, ``average_reward``, ``pv_loss``
+(progressive validation, Blum, Kalai & Langford 1999: before each update the
+current model's pmf ``pi`` is scored on the decision with the inverse
+propensity estimate of its cost, ``c * pi(a) / p(a)`` (Horvitz & Thompson
+1952), so the mean is an unbiased estimate of the cost of the policy as it was
+learning), ``skipped`` by reason, ``late_rewards`` and ``apprentice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from api.db.learning_models import LearnedDecision, LearnerLease
+from api.db.models import Activation, CatalogVersion, Decision, Policy, Reward, Slot, Snapshot
+from api.settings import ServiceSettings
+from bandits.policies import Candidate, PolicyConfig, VWPolicy, cost_from_reward
+
+__all__ = [
+    "Learner",
+    "LearnerSettings",
+    "PolicyLearner",
+    "SlotRules",
+    "StepReport",
+    "add_commands",
+    "aggregate_rewards",
+    "append_snapshot",
+    "count_late_rewards",
+    "latest_snapshot",
+    "shutdown",
+    "startup",
+]
+
+log = logging.getLogger("slotbandit.learner")
+
+_decisions = Decision.__table__
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """How the learner batches, snapshots and shares work. Env: ``SLOTBANDIT_LEARNER_<FIELD>``."""
+
+    snapshot_every: int = 1000
+    """Write a snapshot after this many learned decisions (N)."""
+    snapshot_interval_s: float = 30.0
+    """... or when this many seconds passed since the last one and something was learned (T)."""
+    keep_snapshots: int = 10
+    """Snapshots kept per policy (K); older ones are pruned."""
+    batch_size: int = 500
+    """Decisions read per query."""
+    poll_interval_s: float = 1.0
+    """Sleep between steps when there was nothing to learn."""
+    safety_margin_s: float = 3.0
+    """Decisions, rewards and activations younger than this are not judged yet (commit order, see module doc)."""
+    lease_ttl_s: float = 30.0
+    """A policy's lease expires this long after its last renewal (another learner may then take it)."""
+    ledger: bool = False
+    """Record every learned (policy, seq) in ``learned_decisions`` (audits exactly-once; one row per decision)."""
+
+    def __post_init__(self) -> None:
+        for name in ("snapshot_every", "keep_snapshots", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"learner {name} must be a positive integer")
+        for name in ("snapshot_interval_s", "poll_interval_s", "safety_margin_s", "lease_ttl_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"learner {name} must be a finite number >= 0")
+        if self.lease_ttl_s < 0.5:
+            raise ValueError("learner lease_ttl_s must be at least 0.5 s")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> LearnerSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"SLOTBANDIT_LEARNER_{f.name.upper()}")
+            if raw is None:
+                continue
+            if isinstance(f.default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(f.default, int):
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = float(raw)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+@dataclass(frozen=True)
+class SlotRules:
+    """The reward rules of a slot, as the learner applies them."""
+
+    window_s: float
+    aggregation: str
+    default_reward: float
+    reward_min: float
+    reward_max: float
+    require_activation: bool
+    default_block: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SlotRules:
+        return cls(
+            window_s=float(row["reward_window_s"]),
+            aggregation=row["reward_aggregation"],
+            default_reward=float(row["default_reward"]),
+            reward_min=float(row["reward_min"]),
+            reward_max=float(row["reward_max"]),
+            require_activation=bool(row["require_activation"]),
+            default_block=row["default_block"],
+        )
+
+
+def aggregate_rewards(values: Sequence[float], rules: SlotRules) -> float:
+    """The reward a decision is learned with: values in arrival order -> one number in range.
+
+    ``sum`` adds them, ``first`` keeps the earliest, ``max`` the largest; no
+    reward gives ``default_reward``. The result is clipped to
+    ``[reward_min, reward_max]``.
+    """
+    if not values:
+        value = rules.default_reward
+    elif rules.aggregation == "first":
+        value = values[0]
+    elif rules.aggregation == "max":
+        value = max(values)
+    else:
+        value = math.fsum(values)
+    return min(max(value, rules.reward_min), rules.reward_max)
+
+
+def _is_final(values: Sequence[float], rules: SlotRules) -> bool:
+    """Can no further reward change the aggregate? (``first``: any reward; ``max``: one at the top)."""
+    if not values:
+        return False
+    if rules.aggregation == "first":
+        return True
+    if rules.aggregation == "max":
+        return max(values) >= rules.reward_max
+    return False
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands DateTime(timezone=True) back naive; everything is stored in UTC
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    version: int
+    model: bytes
+    cursor: int
+    metrics: dict[str, Any]
+
+
+def latest_snapshot(connection: Connection, policy_name: str) -> SnapshotRow | None:
+    """The newest snapshot of a policy, or None."""
+    row = connection.execute(
+        select(Snapshot.version, Snapshot.model, Snapshot.cursor, Snapshot.metrics)
+        .where(Snapshot.policy_name == policy_name)
+        .order_by(Snapshot.version.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return SnapshotRow(row.version, bytes(row.model), int(row.cursor), dict(row.metrics or {}))
+
+
+def latest_version(connection: Connection, policy_name: str) -> int:
+    value = connection.execute(
+        select(func.max(Snapshot.version)).where(Snapshot.policy_name == policy_name)
+    ).scalar_one()
+    return int(value or 0)
+
+
+def append_snapshot(
+    connection: Connection,
+    policy_name: str,
+    model: bytes,
+    cursor: int,
+    metrics: Mapping[str, Any],
+    *,
+    keep: int,
+    expected_version: int | None = None,
+) -> int | None:
+    """Insert the next snapshot version (inside the caller's transaction) and prune to the last ``keep``.
+
+    With ``expected_version`` the insert happens only if that is still the
+    newest version (returns None otherwise). A concurrent writer of the same
+    version makes the insert fail on the unique (policy, version) key.
+    """
+    current = latest_version(connection, policy_name)
+    if expected_version is not None and current != expected_version:
+        return None
+    version = current + 1
+    connection.execute(
+        insert(Snapshot).values(
+            policy_name=policy_name, version=version, model=model, cursor=cursor, metrics=dict(metrics)
+        )
+    )
+    connection.execute(
+        delete(Snapshot).where(Snapshot.policy_name == policy_name, Snapshot.version <= version - keep)
+    )
+    return version
+
+
+def count_late_rewards(connection: Connection, policy_name: str, after_seq: int = 0) -> int:
+    """Rewards stamped after their decision's reward window, over a policy's decisions with seq > after_seq."""
+    windows = dict(connection.execute(select(Slot.id, Slot.reward_window_s)).all())
+    rows = connection.execute(
+        select(_decisions.c.slot_id, _decisions.c.created_at, Reward.created_at)
+        .join(Reward, Reward.event_id == _decisions.c.event_id)
+        .where(_decisions.c.policy_name == policy_name, _decisions.c.seq > after_seq)
+    )
+    late = 0
+    for slot_id, decided, rewarded in rows:
+        window = timedelta(seconds=windows.get(slot_id, 0))
+        if _aware(rewarded) > _aware(decided) + window:
+            late += 1
+    return late
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def acquire_lease(engine: Engine, policy_name: str, holder: str, ttl_s: float, now: datetime | None = None) -> bool:
+    """Take or renew the lease of a policy; True when ``holder`` has it until now + ttl."""
+    now = now or datetime.now(UTC)
+    expires = now + timedelta(seconds=ttl_s)
+    with engine.begin() as connection:
+        taken = connection.execute(
+            update(LearnerLease)
+            .where(
+                LearnerLease.policy_name == policy_name,
+                (LearnerLease.holder == holder) | (LearnerLease.expires_at < now),
+            )
+            .values(holder=holder, expires_at=expires)
+        ).rowcount
+    if taken:
+        return True
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                insert(LearnerLease).values(policy_name=policy_name, holder=holder, expires_at=expires, acquired_at=now)
+            )
+        return True
+    except IntegrityError:
+        return False  # someone else holds it
+
+
+def release_lease(engine: Engine, policy_name: str, holder: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            delete(LearnerLease).where(LearnerLease.policy_name == policy_name, LearnerLease.holder == holder)
+        )
+
+
+def _fence(connection: Connection, policy_name: str, holder: str, now: datetime, ttl_s: float) -> bool:
+    """Inside a snapshot transaction: still our lease? (renews it; on PostgreSQL locks the row to commit)."""
+    return bool(
+        connection.execute(
+            update(LearnerLease)
+            .where(LearnerLease.policy_name == policy_name, LearnerLease.holder == holder, LearnerLease.expires_at >= now)
+            .values(expires_at=now + timedelta(seconds=ttl_s))
+        ).rowcount
+    )
+
+
+# --------------------------------------------------------------------------- one policy
+
+
+@dataclass
+class _Totals:
+    """Training counters since the policy was created (carried from snapshot to snapshot)."""
+
+    learned: int = 0
+    reward_sum: float = 0.0
+    pv_sum: float = 0.0
+    late: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    apprentice: int = 0
+    matches: int = 0
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> _Totals:
+        learned = int(metrics.get("decisions_learned", 0))
+        apprentice = metrics.get("apprentice") or {}
+        return cls(
+            learned=learned,
+            reward_sum=float(metrics.get("reward_sum", 0.0)),
+            pv_sum=float(metrics.get("pv_loss_sum", 0.0)),
+            late=int(metrics.get("late_rewards", 0)),
+            skipped={str(k): int(v) for k, v in (metrics.get("skipped") or {}).items()},
+            apprentice=int(apprentice.get("decisions", 0)),
+            matches=int(apprentice.get("matches", 0)),
+        )
+
+    def copy(self) -> _Totals:
+        return _Totals(self.learned, self.reward_sum, self.pv_sum, self.late, dict(self.skipped),
+                       self.apprentice, self.matches)
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did for one policy (or summed over policies)."""
+
+    learned: int = 0
+    skipped: int = 0
+    snapshots: int = 0
+    waiting: int = 0
+    """Decisions read but not ready yet (window open or younger than the margin)."""
+
+    @property
+    def processed(self) -> int:
+        return self.learned + self.skipped
+
+    def __add__(self, other: StepReport) -> StepReport:
+        return StepReport(self.learned + other.learned, self.skipped + other.skipped,
+                          self.snapshots + other.snapshots, self.waiting + other.waiting)
+
+
+class PolicyLearner:
+    """The learning state of one ``vw`` policy: model, cursor, counters since the last snapshot."""
+
+    def __init__(self, engine: Engine, name: str, config: PolicyConfig, settings: LearnerSettings, holder: str) -> None:
+        assert config.kind == "vw" and config.vw is not None
+        self.engine = engine
+        self.name = name
+        self.config = config
+        self.settings = settings
+        self.holder = holder
+        self.model: VWPolicy = VWPolicy(config.vw)
+        self.version = 0
+        self.cursor = 0
+        self.snapshot_cursor = 0
+        self.totals = _Totals()
+        self._saved = _Totals()
+        self._learned_seqs: list[tuple[int, float]] = []
+        self._last_snapshot = time.monotonic()
+        self.loaded = False
+
+    # -- state
+
+    def load(self) -> None:
+        """(Re)load the newest snapshot: model, cursor, counters. Unsaved progress is dropped."""
+        with self.engine.connect() as connection:
+            snap = latest_snapshot(connection, self.name)
+        old = self.model
+        assert self.config.vw is not None
+        if snap is None:
+            self.model, self.version, self.cursor, self.totals = VWPolicy(self.config.vw), 0, 0, _Totals()
+        else:
+            trained = bool(snap.metrics.get("trained", True)) and bool(snap.model)
+            self.model = VWPolicy(self.config.vw, snap.model) if trained else VWPolicy(self.config.vw)
+            self.version, self.cursor, self.totals = snap.version, snap.cursor, _Totals.from_metrics(snap.metrics)
+        old.close()
+        self.snapshot_cursor = self.cursor
+        self._saved = self.totals.copy()
+        self._learned_seqs = []
+        self._last_snapshot = time.monotonic()
+        self.loaded = True
+
+    @property
+    def unsaved(self) -> int:
+        return self.totals.learned - self._saved.learned
+
+    # -- learning
+
+    def step(self, now: datetime, slots: Mapping[int, SlotRules], catalogs: _CatalogCache) -> StepReport:
+        """Learn the ready decisions of one batch after the cursor; snapshot when due."""
+        if not self.loaded:
+            self.load()
+        with self.engine.connect() as connection:
+            if latest_version(connection, self.name) != self.version:
+                self.load()  # an import, reset or rollback (or another learner) wrote a newer version
+            rows = connection.execute(
+                select(
+                    _decisions.c.seq, _decisions.c.event_id, _decisions.c.slot_id, _decisions.c.policy_kind,
+                    _decisions.c.learning_mode, _decisions.c.catalog_version, _decisions.c.inline_candidates,
+                    _decisions.c.candidate_ids, _decisions.c.chosen_index, _decisions.c.chosen_block,
+                    _decisions.c.probability, _decisions.c.context, _decisions.c.consent, _decisions.c.deferred,
+                    _decisions.c.fallback, _decisions.c.created_at,
+                )
+                .where(_decisions.c.policy_name == self.name, _decisions.c.seq > self.cursor)
+                .order_by(_decisions.c.seq)
+                .limit(min(self.settings.batch_size, max(1, self.settings.snapshot_every - self.unsaved)))
+            ).all()
+            if not rows:
+                return self._maybe_snapshot(now, StepReport())
+            ids = [r.event_id for r in rows]
+            rewards: dict[str, list[tuple[float, datetime]]] = {}
+            for event_id, value, created in connection.execute(
+                select(Reward.event_id, Reward.value, Reward.created_at)
+                .where(Reward.event_id.in_(ids))
+                .order_by(Reward.created_at, Reward.id)
+            ):
+                rewards.setdefault(event_id, []).append((float(value), _aware(created)))
+            activations = {
+                event_id: _aware(created)
+                for event_id, created in connection.execute(
+                    select(Activation.event_id, Activation.created_at).where(Activation.event_id.in_(ids))
+                )
+            }
+            catalogs.load(connection, {(r.slot_id, r.catalog_version) for r in rows if r.catalog_version is not None})
+
+        horizon = now - timedelta(seconds=self.settings.safety_margin_s)
+        learned = skipped = waiting = 0
+        for row in rows:
+            rules = slots.get(row.slot_id)
+            created = _aware(row.created_at)
+            if created > horizon:
+                waiting = len(rows) - learned - skipped
+                break
+            if rules is None:  # the slot is gone: nothing to learn with
+                self._skip("no_slot")
+                skipped += 1
+                self.cursor = row.seq
+                continue
+            window_end = created + timedelta(seconds=rules.window_s)
+            received = rewards.get(row.event_id, [])
+            in_window = [value for value, at in received if at <= window_end]
+            activated_at = activations.get(row.event_id)
+            needs_activation = rules.require_activation or row.deferred
+            activated = activated_at is not None and activated_at <= window_end
+            closed = horizon >= window_end
+            if not closed:
+                early = _is_final([v for v, at in received if at <= horizon], rules) and (
+                    not needs_activation or (activated_at is not None and activated_at <= horizon)
+                )
+                if not early:
+                    waiting = len(rows) - learned - skipped
+                    break
+                in_window = [value for value, at in received if at <= horizon]
+            else:
+                self.totals.late += sum(1 for _, at in received if at > window_end)
+            reason = self._learn(row, rules, in_window, needs_activation and not activated, catalogs)
+            if reason is None:
+                learned += 1
+            else:
+                self._skip(reason)
+                skipped += 1
+            self.cursor = row.seq
+        return self._maybe_snapshot(now, StepReport(learned=learned, skipped=skipped, waiting=waiting))
+
+    def _skip(self, reason: str) -> None:
+        self.totals.skipped[reason] = self.totals.skipped.get(reason, 0) + 1
+
+    def _learn(self, row: Any, rules: SlotRules, values: list[float], not_activated: bool,
+               catalogs: _CatalogCache) -> str | None:
+        """Learn one ready decision; returns the reason it was skipped, or None when learned."""
+        mode = row.learning_mode
+        if mode == "logging-only":
+            return "logging_only"
+        if row.fallback:
+            return "fallback"
+        if not row.consent:
+            return "no_consent"
+        if not_activated:
+            return "not_activated"
+        if mode == "online" and row.policy_kind != "vw":
+            return "not_vw"
+        if mode not in ("online", "apprentice"):
+            return "unknown_mode"
+        candidates = catalogs.candidates(row)
+        if candidates is None:
+            return "no_candidates"
+        chosen = int(row.chosen_index)
+        probability = float(row.probability)
+        if not 0 <= chosen < len(candidates) or not 0.0 < probability <= 1.0:
+            return "invalid"
+        context = row.context or {}
+        key = f"{row.slot_id}:{row.catalog_version}" if row.catalog_version is not None else None
+        pmf = self.model.pmf(context, candidates, key)
+        reward = aggregate_rewards(values, rules)
+        if mode == "apprentice":
+            default = rules.default_block
+            ids = [c.id for c in candidates]
+            if default is None or default not in ids:
+                return "no_default"
+            target = ids.index(default)
+            imitation = 1.0 if chosen == target else 0.0
+            cost = 1.0 - imitation
+            self.totals.apprentice += 1
+            top = max(range(len(pmf)), key=pmf.__getitem__)
+            if self.model.trained and top == target and all(pmf[target] > p for i, p in enumerate(pmf) if i != target):
+                self.totals.matches += 1
+            self.model.learn(context, candidates, chosen, cost, probability)
+            if chosen == target and len(candidates) > 1:
+                other = (target + 1 + int(row.seq) % (len(candidates) - 1)) % len(candidates)
+                self.model.learn(context, candidates, other, 1.0, 1.0)  # the imitation reward is known for every block
+            learned_reward = imitation
+        else:
+            cost = cost_from_reward(reward, rules.reward_min, rules.reward_max)
+            self.model.learn(context, candidates, chosen, cost, probability)
+            learned_reward = reward
+        self.totals.pv_sum += cost * pmf[chosen] / probability  # IPS cost of the model before the update
+        self.totals.learned += 1
+        self.totals.reward_sum += learned_reward
+        if self.settings.ledger:
+            self._learned_seqs.append((int(row.seq), learned_reward))
+        return None
+
+    # -- snapshots
+
+    def metrics(self) -> dict[str, Any]:
+        t, s = self.totals, self._saved
+        window = t.learned - s.learned
+        return {
+            "trained": self.model.trained,
+            "source": "learner",
+            "decisions_learned": t.learned,
+            "average_reward": _ratio(t.reward_sum, t.learned),
+            "pv_loss": _ratio(t.pv_sum, t.learned),
+            "reward_sum": t.reward_sum,
+            "pv_loss_sum": t.pv_sum,
+            "late_rewards": t.late,
+            "skipped": dict(t.skipped),
+            "window": {
+                "decisions_learned": window,
+                "average_reward": _ratio(t.reward_sum - s.reward_sum, window),
+                "pv_loss": _ratio(t.pv_sum - s.pv_sum, window),
+            },
+            "apprentice": {
+                "decisions": t.apprentice,
+                "matches": t.matches,
+                "match_rate": _ratio(t.matches, t.apprentice),
+                "recent_match_rate": _ratio(t.matches - s.matches, t.apprentice - s.apprentice),
+            },
+        }
+
+    def _maybe_snapshot(self, now: datetime, report: StepReport) -> StepReport:
+        due = self.unsaved >= self.settings.snapshot_every or (
+            self.unsaved > 0 and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+        )
+        if due and self.snapshot(now) is not None:
+            return StepReport(report.learned, report.skipped, report.snapshots + 1, report.waiting)
+        return report
+
+    def snapshot(self, now: datetime | None = None) -> int | None:
+        """Write model + cursor + metrics as the next version in one transaction; None if refused."""
+        if self.unsaved == 0:
+            return None
+        now = now or datetime.now(UTC)
+        model = self.model.save()
+        try:
+            with self.engine.begin() as connection:
+                if not _fence(connection, self.name, self.holder, now, self.settings.lease_ttl_s):
+                    raise _Refused("lease lost")
+                version = append_snapshot(
+                    connection, self.name, model, self.cursor, self.metrics(),
+                    keep=self.settings.keep_snapshots, expected_version=self.version,
+                )
+                if version is None:
+                    raise _Refused("a newer snapshot exists")
+                if self._learned_seqs:
+                    connection.execute(
+                        insert(LearnedDecision),
+                        [{"policy_name": self.name, "seq": seq, "reward": reward, "snapshot_version": version}
+                         for seq, reward in self._learned_seqs],
+                    )
+        except (_Refused, IntegrityError) as error:
+            log.warning("snapshot of %s refused (%s); reloading the newest version", self.name, error)
+            self.load()
+            return None
+        self.version = version
+        self.snapshot_cursor = self.cursor
+        self._saved = self.totals.copy()
+        self._learned_seqs = []
+        self._last_snapshot = time.monotonic()
+        log.info("policy %s: snapshot v%d at seq %d (%d learned)", self.name, version, self.cursor, self.totals.learned)
+        return version
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class _Refused(Exception):
+    pass
+
+
+class _CatalogCache:
+    """Candidates of catalog versions (immutable, so cached for good)."""
+
+    def __init__(self) -> None:
+        self._versions: dict[tuple[int, int], tuple[Candidate, ...]] = {}
+
+    def load(self, connection: Connection, keys: Iterable[tuple[int, int]]) -> None:
+        missing = [key for key in keys if key not in self._versions]
+        for slot_id, version in missing:
+            blocks = connection.execute(
+                select(CatalogVersion.blocks).where(CatalogVersion.slot_id == slot_id, CatalogVersion.version == version)
+            ).scalar_one_or_none()
+            if blocks is not None:
+                self._versions[(slot_id, version)] = tuple(Candidate(b["id"], b.get("features") or {}) for b in blocks)
+
+    def candidates(self, row: Any) -> tuple[Candidate, ...] | None:
+        """The decision's candidates, with the features they had, in the logged order."""
+        if row.inline_candidates:
+            pool = {c["id"]: Candidate(c["id"], c.get("features") or {}) for c in row.inline_candidates}
+        elif row.catalog_version is not None:
+            version = self._versions.get((row.slot_id, row.catalog_version))
+            if version is None:
+                return None
+            if [c.id for c in version] == list(row.candidate_ids):
+                return version
+            pool = {c.id: c for c in version}
+        else:
+            return None
+        try:
+            return tuple(pool[block_id] for block_id in row.candidate_ids)
+        except KeyError:
+            return None
+
+
+# --------------------------------------------------------------------------- all policies
+
+
+class Learner:
+    """Learns every ``vw`` policy whose lease it can take. ``step()`` is synchronous; ``run()`` loops."""
+
+    def __init__(self, engine: Engine, settings: LearnerSettings | None = None, *,
+                 policies: Sequence[str] | None = None, holder: str | None = None,
+                 on_snapshot: Callable[[str, int], None] | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or LearnerSettings()
+        self.only = set(policies) if policies else None
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_snapshot = on_snapshot
+        self.policies: dict[str, PolicyLearner] = {}
+        self._catalogs = _CatalogCache()
+        self._lock = threading.Lock()
+
+    def _policy_configs(self) -> dict[str, PolicyConfig]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(Policy.name, Policy.config).where(Policy.kind == "vw")).all()
+        configs = {}
+        for name, config in rows:
+            if self.only is not None and name not in self.only:
+                continue
+            try:
+                configs[name] = PolicyConfig.from_dict(config)
+            except Exception:  # noqa: BLE001 - one broken policy must not stop the others
+                log.exception("policy %s has an invalid config; not learning it", name)
+        return configs
+
+    def _slots(self) -> dict[int, SlotRules]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(Slot.__table__)).mappings().all()
+        return {row["id"]: SlotRules.from_row(row) for row in rows}
+
+    def step(self, now: datetime | None = None) -> StepReport:
+        """One batch for every policy this learner holds (takes free leases, renews held ones)."""
+        with self._lock:
+            now = now or datetime.now(UTC)
+            configs = self._policy_configs()
+            slots = self._slots()
+            total = StepReport()
+            for name in list(self.policies):
+                if name not in configs or configs[name] != self.policies[name].config:
+                    self._drop(name)  # deleted, or its VW options changed: start over from its snapshot
+            for name, config in configs.items():
+                if not acquire_lease(self.engine, name, self.holder, self.settings.lease_ttl_s):
+                    if name in self.policies:
+                        log.warning("lease of policy %s lost to another learner", name)
+                        self.policies.pop(name).close()
+                    continue
+                learner = self.policies.get(name)
+                if learner is None:
+                    learner = self.policies[name] = PolicyLearner(self.engine, name, config, self.settings, self.holder)
+                before = learner.version
+                report = learner.step(now, slots, self._catalogs)
+                if report.snapshots and self.on_snapshot is not None and learner.version != before:
+                    self.on_snapshot(name, learner.version)
+                total = total + report
+            return total
+
+    def run_until_idle(self, now: datetime | None = None, max_steps: int = 100_000) -> StepReport:
+        """Step until a step processes nothing, then snapshot what is unsaved (for tests, benchmarks, ``--once``)."""
+        total = StepReport()
+        for _ in range(max_steps):
+            report = self.step(now)
+            total = total + report
+            if report.processed == 0:
+                break
+        return total + self.flush(now)
+
+    def flush(self, now: datetime | None = None) -> StepReport:
+        """Snapshot every policy with unsaved learning."""
+        with self._lock:
+            written = 0
+            for name, learner in self.policies.items():
+                version = learner.snapshot(now)
+                if version is not None:
+                    written += 1
+                    if self.on_snapshot is not None:
+                        self.on_snapshot(name, version)
+            return StepReport(snapshots=written)
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until ``stop`` is set; then write the last snapshots and release the leases."""
+        while not stop.is_set():
+            try:
+                report = self.step()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the learner
+                log.exception("learner step failed")
+                report = StepReport()
+            if report.processed == 0:
+                stop.wait(self.settings.poll_interval_s)
+        self.close()
+
+    def _drop(self, name: str) -> None:
+        learner = self.policies.pop(name)
+        learner.close()
+
+    def close(self) -> None:
+        """Write unsaved learning and release every lease (graceful stop)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            log.exception("final snapshot failed")
+        with self._lock:
+            for name in list(self.policies):
+                try:
+                    release_lease(self.engine, name, self.holder)
+                except Exception:  # noqa: BLE001
+                    log.exception("cannot release the lease of %s", name)
+                self._drop(name)
+
+
+# --------------------------------------------------------------------------- embedded + CLI
+
+
+async def startup(app: Any) -> None:
+    """Start the embedded learner in a background thread when ``settings.embedded_learner``."""
+    settings: ServiceSettings = app.state.settings
+    if not settings.embedded_learner:
+        return
+    registry = app.state.registry
+
+    def refresh(_name: str, _version: int) -> None:
+        try:
+            registry.refresh()  # serve the new model at once in this process
+        except Exception:  # noqa: BLE001
+            log.exception("registry refresh after a snapshot failed")
+
+    learner = Learner(app.state.engine, LearnerSettings.from_env(), on_snapshot=refresh)
+    stop = threading.Event()
+    thread = threading.Thread(target=learner.run, args=(stop,), name="learner", daemon=True)
+    thread.start()
+    app.state.update(learner=learner, learner_stop=stop, learner_thread=thread)
+
+
+async def shutdown(app: Any) -> None:
+    import asyncio
+
+    stop: threading.Event | None = getattr(app.state, "learner_stop", None)
+    thread: threading.Thread | None = getattr(app.state, "learner_thread", None)
+    if stop is None or thread is None:
+        return
+    stop.set()
+    await asyncio.to_thread(thread.join, 60.0)
+
+
+def _learn_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
+    from api.db.engine import make_engine, migrate
+
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.auto_migrate:
+        migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    learner = Learner(engine, LearnerSettings.from_env(), policies=args.policy)
+    try:
+        if args.once:
+            report = learner.run_until_idle()
+            learner.close()
+            print(f"learned {report.learned}, skipped {report.skipped}, snapshots {report.snapshots}")
+            return 0
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: finishing the current step", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("learner %s started", learner.holder)
+        learner.run(stop)
+        return 0
+    finally:
+        engine.dispose()
+
+
+def add_commands(subparsers: Any, command: Callable[[str], Callable[[Any], Any]]) -> None:
+    """``slotbandit learn``: the learner as its own process (one per deployment; SIGTERM stops it cleanly)."""
+    learn = subparsers.add_parser("learn", help="run the learner as its own process (multi-worker deployments)")
+    learn.add_argument("--policy", action="append", help="learn only this policy (repeatable)")
+    learn.add_argument("--once", action="store_true", help="learn what is ready, snapshot, and exit")
+    learn.add_argument("--log-level", default="info")
+    command("learn")(_learn_command)
+    from api import model_admin  # its CLI lives with the learner's (api.cli lists this module)
+
+    model_admin.add_commands(subparsers, command)
