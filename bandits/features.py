@@ -67,11 +67,31 @@ def _format_number(value: float) -> str:
     return repr(float(value))
 
 
+_TOKEN_CACHE: dict[tuple[str, str | bool], str] = {}
+_TOKEN_CACHE_LIMIT = 16_384
+
+
 def _feature_token(name: str, value: FeatureValue) -> str:
+    # Categorical tokens repeat across requests (hour=09, type=mobile...): escape each once.
+    if isinstance(value, str | bool):
+        key = (name, value)
+        token = _TOKEN_CACHE.get(key)
+        if token is None:
+            token = _categorical_token(name, value)
+            if len(_TOKEN_CACHE) >= _TOKEN_CACHE_LIMIT:
+                _TOKEN_CACHE.clear()
+            _TOKEN_CACHE[key] = token
+        return token
+    return _numeric_token(name, value)
+
+
+def _categorical_token(name: str, value: str | bool) -> str:
     if isinstance(value, bool):
         return f"{escape_token(name)}={'true' if value else 'false'}"
-    if isinstance(value, str):
-        return f"{escape_token(name)}={escape_token(value)}"
+    return f"{escape_token(name)}={escape_token(value)}"
+
+
+def _numeric_token(name: str, value: FeatureValue) -> str:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidFeature(f"feature {name!r} is not a finite number", field=name)
