@@ -1,0 +1,1137 @@
+"""Experiments on slots: the admin API, the unit -> arm resolver, the report, beacons, ``slotbandit report``.
+
+An experiment compares policies ("arms") on one slot. Lifecycle: ``draft`` ->
+``running`` -> ``stopped``; at most one running experiment per slot (409
+otherwise). While one runs, every consented decision of the slot is assigned
+to an arm and logs ``experiment_id`` and ``arm``; the arm's policy chooses.
+
+Assignment (sticky, uniform, independent across experiments)
+    ``u = H(salt_e, unit) in [0, 1)`` with ``H`` the first 53 bits of
+    SHA-256(salt || 0x00 || unit) and ``salt_e`` random per experiment; the
+    arm is the first whose cumulative share exceeds ``u``. The unit is the
+    request's ``unit_id``, else the event id (then every decision is its own
+    unit). Running experiments live in memory (:class:`ExperimentBook`),
+    refreshed by polling a cheap revision query as ``api.registry`` does, so
+    the decide hot path does one dict lookup and one hash.
+
+Learning
+    Each arm uses its own policy name and the learner learns per policy from
+    decisions logged under that name, so an arm learns only from its own
+    decisions. Two arms may not share a ``vw`` policy. ``learning_start``
+    ``"snapshot"`` copies the slot policy's latest snapshot into the arm's
+    policy when the experiment starts (a new snapshot version with the same
+    model bytes and cursor); it requires the arm's VW configuration to equal the
+    slot policy's, because a VW model keeps the options it was trained with.
+
+Report (:func:`build_report`)
+    One SQL query pulls the experiment's decisions with their aggregated
+    reward (the slot's ``reward_aggregation`` over rewards received within
+    ``reward_window_s``, clipped to the reward range; the slot's default reward
+    when none came: the learner's rule), activation, fallback flag, device
+    type, country, day part and time bucket. numpy turns them into per-unit
+    sufficient statistics (``analysis.experiments.ArmStats``) per arm, per
+    (segment, arm) and per first-exposure bucket; ``analysis.experiments``
+    does all statistics. Decisions made with ``defer_activation`` and never
+    activated were never shown: they are excluded (and counted).
+
+Beacons (the browser snippet)
+    ``navigator.sendBeacon`` cannot send an Authorization header. The browser
+    decide route ``POST /v1/beacon/slots/{slot}/decide`` (decide key) returns
+    the usual decision plus ``token = HMAC-SHA256(secret, "beacon" 0x00 event_id)``
+    (128 bits hex); ``POST /v1/beacon/{event_id}/activate?t=TOKEN`` and
+    ``POST /v1/beacon/{event_id}/reward?t=TOKEN`` (text/plain JSON body
+    ``{"value": v, "reward_id": "click"}``) accept that token for that event only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import csv
+import hashlib
+import hmac
+import io
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+from msgspec import Meta, Struct
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from analysis.experiments import (
+    AnalysisConfig,
+    ArmStats,
+    ExperimentError,
+    analyze_experiment,
+    analyze_segments,
+    cumulative_series,
+)
+from api import schemas
+from api.auth import require_admin, require_decide
+from api.db.experiment_models import Experiment, ExperimentArm
+from api.db.models import CatalogVersion, Policy, Slot, Snapshot, utcnow
+from api.decide import ArmAssignment
+from api.errors import ApiError, msgspec_field
+from api.registry import SlotState
+from bandits.errors import InvalidPolicy
+from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser
+from bandits.rules import RulesPolicy
+
+__all__ = [
+    "ROUTES",
+    "ExperimentBook",
+    "RunningExperiment",
+    "add_commands",
+    "beacon_token",
+    "build_report",
+    "report_csv",
+    "report_markdown",
+    "shutdown",
+    "startup",
+    "unit_draw",
+]
+
+log = logging.getLogger("slotbandit.experiments")
+
+MAX_ARMS = 10
+SEGMENT_DIMENSIONS = ("device_type", "country", "day_part")
+TOP_COUNTRIES = 12
+OFFLINE_MAX_EVENTS = 2000
+"""The offline section evaluates every arm's current policy on at most this many of the latest decisions."""
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+def unit_draw(salt: bytes, unit: str) -> float:
+    """A number in [0, 1) fixed by (salt, unit): 53 bits of SHA-256(salt || 0x00 || unit)."""
+    digest = hashlib.sha256(salt + b"\x00" + unit.encode("utf-8")).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+
+
+@dataclass(frozen=True)
+class RunningExperiment:
+    id: int
+    slot_id: int
+    salt: bytes
+    bounds: tuple[float, ...]
+    """Cumulative shares; the last is forced to 1."""
+    arms: tuple[ArmAssignment, ...]
+    revision: int
+
+    def assign(self, unit: str) -> ArmAssignment:
+        index = bisect.bisect_right(self.bounds, unit_draw(self.salt, unit))
+        return self.arms[min(index, len(self.arms) - 1)]
+
+
+class ExperimentBook:
+    """Running experiments by slot id, in memory; :meth:`refresh` polls the database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.running: dict[int, RunningExperiment] = {}
+
+    def refresh(self) -> None:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(Experiment.id, Experiment.slot_id, Experiment.revision, Experiment.salt)
+                .where(Experiment.status == "running")
+            ).all()
+            current = {e.id: e for e in self.running.values()}
+            fresh: dict[int, RunningExperiment] = {}
+            for row in rows:
+                known = current.get(row.id)
+                if known is not None and known.revision == row.revision:
+                    fresh[row.slot_id] = known
+                    continue
+                arms = connection.execute(
+                    select(ExperimentArm.name, ExperimentArm.policy_name, ExperimentArm.share)
+                    .where(ExperimentArm.experiment_id == row.id).order_by(ExperimentArm.position)
+                ).all()
+                cumulative = list(np.cumsum([a.share for a in arms]))
+                cumulative[-1] = 1.0
+                fresh[row.slot_id] = RunningExperiment(
+                    row.id, row.slot_id, row.salt.encode("ascii"), tuple(float(c) for c in cumulative),
+                    tuple(ArmAssignment(row.id, a.name, a.policy_name) for a in arms), row.revision,
+                )
+        self.running = fresh  # one reference swap: the decide path reads it once
+
+    def resolve(self, slot: SlotState, unit: str) -> ArmAssignment | None:
+        """The decide hook (``Decider.resolve_arm``): the unit's arm, or None without a running experiment."""
+        running = self.running.get(slot.id)
+        return running.assign(unit) if running is not None else None
+
+
+# ----------------------------------------------------------------------------- request bodies
+
+Share = Annotated[float, Meta(gt=0.0, le=1.0)]
+Start = Literal["snapshot", "scratch"]
+
+
+class ArmIn(Struct, forbid_unknown_fields=True):
+    name: schemas.Name
+    policy: schemas.Name | schemas.PolicyRequest
+    share: Share
+    start: Start | None = None
+
+
+class GuardrailsIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    max_fallback_rate: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    max_latency_ms: Annotated[float, Meta(gt=0.0, le=60_000.0)] | None = None
+
+
+class AnalysisIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    binary: bool | None = None
+    level: float | None = None
+    power: float | None = None
+    target_relative_lift: float | None = None
+    sequential: bool | None = None
+    planned_units: int | None = None
+    burn_in_units: int | None = None
+
+
+class ExperimentIn(Struct, forbid_unknown_fields=True):
+    slot: schemas.Name
+    arms: Annotated[list[ArmIn], Meta(min_length=2, max_length=MAX_ARMS)]
+    control: schemas.Name
+    name: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    metric: Literal["reward_per_decision", "reward_per_unit"] = "reward_per_decision"
+    learning_start: Start = "scratch"
+    analysis: AnalysisIn | None = None
+    guardrails: GuardrailsIn | None = None
+
+
+def _decode(body: bytes, kind: type[Struct]) -> Any:
+    try:
+        return schemas.decode(body or b"{}", kind)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        field = msgspec_field(error)
+        for marker in ("unknown field `", "missing required field `"):
+            if marker in text:
+                name = text.split(marker, 1)[1].split("`", 1)[0]
+                field = f"{field}.{name}" if field else name
+        raise ApiError(400, "invalid_request", text, field) from error
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+
+
+def _state(request: Request) -> State:  # type: ignore[type-arg]
+    return request.app.state
+
+
+# ----------------------------------------------------------------------------- create / start / stop
+
+
+def _slot_row(connection: Connection, name: str) -> Any:
+    return connection.execute(select(Slot.__table__).where(Slot.name == name)).mappings().first()
+
+
+def _catalog_ids(connection: Connection, slot: Any) -> list[str]:
+    if not slot["catalog_version"]:
+        return []
+    blocks = connection.execute(
+        select(CatalogVersion.blocks).where(CatalogVersion.slot_id == slot["id"],
+                                            CatalogVersion.version == slot["catalog_version"])
+    ).scalar_one_or_none() or []
+    return [b["id"] for b in blocks]
+
+
+def _policy_config(request: schemas.PolicyRequest, field: str) -> PolicyConfig:
+    try:
+        vw = VWConfig.from_dict(schemas.vw_options(request.vw)) if request.kind == "vw" else None
+        return PolicyConfig(kind=request.kind, vw=vw, block=request.block, rules=request.rules)
+    except InvalidPolicy as error:
+        raise ApiError(422, "invalid_request", error.message, _field(field, error.field)) from error
+
+
+def _field(prefix: str, inner: str | None) -> str:
+    """``arms.1.policy`` + ``policy.rules.fallback`` -> ``arms.1.policy.rules.fallback``."""
+    if not inner:
+        return prefix
+    rest = inner[len("policy"):].lstrip(".") if inner.startswith("policy") else inner
+    return f"{prefix}.{rest}" if rest else prefix
+
+
+def check_policy_for_slot(config: PolicyConfig, catalog: Sequence[str], field: str) -> None:
+    """422 when a rules/fixed policy names a block the slot's catalog lacks (or rules are invalid)."""
+    if config.kind == "rules":
+        try:
+            RulesPolicy.from_config(config.rules or {}, field=f"{field}.rules").check_catalog(catalog, field=f"{field}.rules")
+        except InvalidPolicy as error:
+            raise ApiError(422, "invalid_request", error.message, error.field) from error
+    elif config.kind == "fixed" and config.block not in catalog:
+        raise ApiError(422, "invalid_request", f"block '{config.block}' is not in the slot's catalog", f"{field}.block")
+
+
+def _analysis_config(metric: str, analysis: Mapping[str, Any], binary: bool = False) -> AnalysisConfig:
+    values = {k: v for k, v in analysis.items() if k != "binary"}
+    return AnalysisConfig(metric=metric, binary=bool(analysis.get("binary", binary)), **values)  # type: ignore[arg-type]
+
+
+def create_experiment(state: State, body: bytes) -> dict[str, Any]:
+    payload: ExperimentIn = _decode(body, ExperimentIn)
+    names = [a.name for a in payload.arms]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ApiError(422, "invalid_request", f"duplicate arm name '{name}'", f"arms.{index}.name")
+    total = math.fsum(a.share for a in payload.arms)
+    if abs(total - 1.0) > 1e-6:
+        raise ApiError(422, "invalid_request", f"arm shares must sum to 1, got {total:g}", "arms")
+    if payload.control not in names:
+        raise ApiError(422, "invalid_request", f"control '{payload.control}' is not one of the arms", "control")
+    analysis = msgspec.structs.asdict(payload.analysis) if payload.analysis else {}
+    analysis = {k: v for k, v in analysis.items() if v is not None}
+    try:
+        _analysis_config(payload.metric, analysis)
+    except ExperimentError as error:
+        raise ApiError(422, "invalid_request", error.message, f"analysis.{error.field}") from error
+    guardrails = {k: v for k, v in msgspec.structs.asdict(payload.guardrails).items() if v is not None} \
+        if payload.guardrails else {}
+
+    with state.engine.begin() as connection:
+        slot = _slot_row(connection, payload.slot)
+        if slot is None:
+            raise ApiError(422, "invalid_request", f"slot '{payload.slot}' does not exist", "slot")
+        catalog = _catalog_ids(connection, slot)
+        slot_policy = connection.execute(select(Policy.kind, Policy.config).where(
+            Policy.name == (slot["policy_name"] or slot["name"]))).first()
+        count = connection.execute(select(func.count()).select_from(Experiment)
+                                   .where(Experiment.slot_id == slot["id"])).scalar_one()
+        name = payload.name or f"{payload.slot}-{count + 1}"
+        experiment_id = connection.execute(insert(Experiment).values(
+            name=name, slot_id=slot["id"], status="draft", control_arm=payload.control, metric=payload.metric,
+            learning_start=payload.learning_start, analysis=analysis, guardrails=guardrails,
+            salt=secrets.token_hex(16), revision=1, created_at=utcnow(),
+        )).inserted_primary_key[0]  # type: ignore[index]
+        learning: dict[str, int] = {}
+        for index, arm in enumerate(payload.arms):
+            field = f"arms.{index}.policy"
+            if isinstance(arm.policy, str):
+                row = connection.execute(select(Policy.kind, Policy.config).where(Policy.name == arm.policy)).first()
+                if row is None:
+                    raise ApiError(422, "invalid_request", f"policy '{arm.policy}' does not exist", field)
+                config = PolicyConfig.from_dict(row.config)
+                policy_name = arm.policy
+            else:
+                config = _policy_config(arm.policy, field)
+                policy_name = f"{payload.slot}:x{experiment_id}:{arm.name}"
+                if len(policy_name) > 128:
+                    raise ApiError(422, "invalid_request", "slot and arm names are too long for an arm policy name",
+                                   f"arms.{index}.name")
+            check_policy_for_slot(config, catalog, field)
+            start = arm.start or payload.learning_start
+            if config.kind == "vw":
+                if policy_name in learning:
+                    raise ApiError(422, "invalid_request",
+                                   f"arms {learning[policy_name]} and {index} share the learning policy "
+                                   f"'{policy_name}': each arm must learn only from its own decisions", field)
+                learning[policy_name] = index
+                if start == "snapshot":
+                    slot_vw = (PolicyConfig.from_dict(slot_policy.config).vw if slot_policy is not None
+                               and slot_policy.kind == "vw" else None)
+                    if slot_vw is None or slot_vw != config.vw:
+                        raise ApiError(
+                            422, "invalid_request",
+                            "learning_start 'snapshot' needs the arm's VW configuration to equal the slot policy's "
+                            "(a VW model keeps the options it was trained with); use 'scratch' for this arm",
+                            f"arms.{index}.start")
+            if not isinstance(arm.policy, str):
+                from api.db import queries
+
+                queries.upsert_policy(connection, policy_name, config.kind, config.to_dict())
+            connection.execute(insert(ExperimentArm).values(
+                experiment_id=experiment_id, position=index, name=arm.name, policy_name=policy_name,
+                share=arm.share, start=arm.start,
+            ))
+    state.registry.refresh()
+    return experiment_dict(state.engine, experiment_id)
+
+
+def experiment_dict(engine: Engine, experiment_id: int) -> dict[str, Any]:
+    with engine.connect() as connection:
+        return _experiment_dict(connection, experiment_id)
+
+
+def _experiment_dict(connection: Connection, experiment_id: int) -> dict[str, Any]:
+    row = connection.execute(select(Experiment.__table__, Slot.name.label("slot_name"))
+                             .join(Slot, Slot.id == Experiment.slot_id)
+                             .where(Experiment.id == experiment_id)).mappings().first()
+    if row is None:
+        raise ApiError(404, "unknown_experiment", f"no experiment with id {experiment_id}", "experiment_id")
+    arms = connection.execute(
+        select(ExperimentArm.name, ExperimentArm.policy_name, ExperimentArm.share, ExperimentArm.start,
+               Policy.kind).join(Policy, Policy.name == ExperimentArm.policy_name, isouter=True)
+        .where(ExperimentArm.experiment_id == experiment_id).order_by(ExperimentArm.position)
+    ).all()
+    return {
+        "id": row["id"], "name": row["name"], "slot": row["slot_name"], "status": row["status"],
+        "control": row["control_arm"], "metric": row["metric"], "learning_start": row["learning_start"],
+        "analysis": row["analysis"], "guardrails": row["guardrails"],
+        "arms": [{"name": a.name, "policy": a.policy_name, "kind": a.kind, "share": a.share,
+                  "start": a.start or row["learning_start"]} for a in arms],
+        "created_at": _iso(row["created_at"]), "started_at": _iso(row["started_at"]),
+        "stopped_at": _iso(row["stopped_at"]),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def start_experiment(state: State, experiment_id: int) -> dict[str, Any]:
+    with state.engine.begin() as connection:
+        info = _experiment_dict(connection, experiment_id)
+        if info["status"] != "draft":
+            raise ApiError(409, "experiment_not_draft", f"experiment {experiment_id} is {info['status']}; only a draft "
+                           "can start", "status")
+        slot_id = connection.execute(select(Experiment.slot_id).where(Experiment.id == experiment_id)).scalar_one()
+        other = connection.execute(select(Experiment.id).where(
+            Experiment.slot_id == slot_id, Experiment.status == "running")).first()
+        if other is not None:
+            raise ApiError(409, "experiment_running", f"experiment {other.id} is already running on slot "
+                           f"'{info['slot']}'; stop it first", "slot")
+        slot_policy = connection.execute(select(Slot.policy_name, Slot.name).where(Slot.id == slot_id)).first()
+        source = (slot_policy.policy_name or slot_policy.name) if slot_policy else None
+        for arm in info["arms"]:
+            if arm["kind"] == "vw" and arm["start"] == "snapshot" and source and arm["policy"] != source:
+                _copy_snapshot(connection, source, arm["policy"])
+        connection.execute(update(Experiment).where(Experiment.id == experiment_id).values(
+            status="running", started_at=utcnow(), revision=Experiment.revision + 1))
+    state.registry.refresh()
+    state.experiment_book.refresh()
+    return experiment_dict(state.engine, experiment_id)
+
+
+def _copy_snapshot(connection: Connection, source: str, target: str) -> None:
+    """The arm's policy starts from the slot policy's latest model (same bytes and cursor)."""
+    latest = connection.execute(select(Snapshot.model, Snapshot.cursor, Snapshot.version)
+                                .where(Snapshot.policy_name == source)
+                                .order_by(Snapshot.version.desc()).limit(1)).first()
+    if latest is None:
+        return  # nothing learned yet: the arm starts from scratch like the slot would
+    version = (connection.execute(select(func.max(Snapshot.version)).where(Snapshot.policy_name == target))
+               .scalar_one() or 0) + 1
+    connection.execute(insert(Snapshot).values(
+        policy_name=target, version=version, model=latest.model, cursor=latest.cursor,
+        metrics={"copied_from": source, "source_version": latest.version}, created_at=utcnow()))
+
+
+def stop_experiment(state: State, experiment_id: int) -> dict[str, Any]:
+    with state.engine.begin() as connection:
+        info = _experiment_dict(connection, experiment_id)
+        if info["status"] != "running":
+            raise ApiError(409, "experiment_not_running", f"experiment {experiment_id} is {info['status']}", "status")
+        connection.execute(update(Experiment).where(Experiment.id == experiment_id).values(
+            status="stopped", stopped_at=utcnow(), revision=Experiment.revision + 1))
+    state.experiment_book.refresh()
+    return experiment_dict(state.engine, experiment_id)
+
+
+def list_experiments(engine: Engine, slot: str | None = None) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        query = select(Experiment.id).join(Slot, Slot.id == Experiment.slot_id).order_by(Experiment.id.desc())
+        if slot:
+            query = query.where(Slot.name == slot)
+        return [_experiment_dict(connection, i) for i in connection.execute(query).scalars().all()]
+
+
+# ----------------------------------------------------------------------------- report data
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """The experiment's exposures as columns (one row per shown decision, in log order)."""
+
+    arm: np.ndarray          # (n,) int: index into the experiment's arm list
+    unit: np.ndarray         # (n,) int: unit code
+    reward: np.ndarray       # (n,) float: aggregated reward
+    rewarded: np.ndarray     # (n,) bool: at least one reward arrived in the window
+    activated: np.ndarray    # (n,) bool
+    fallback: np.ndarray     # (n,) bool
+    segments: Mapping[str, tuple[np.ndarray, tuple[str, ...]]]  # dimension -> (codes, labels)
+    bucket: np.ndarray       # (n,) int: time bucket code (chronological)
+    bucket_labels: tuple[str, ...]
+    excluded: int            # deferred decisions never activated
+
+
+def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
+    width = 13 if bucket == "hour" else 10
+    if dialect == "sqlite":
+        return {
+            "ph": "?",
+            "epoch_d": "(julianday(d.created_at) - 2440587.5) * 86400.0",
+            "epoch_r": "(julianday(rw.created_at) - 2440587.5) * 86400.0",
+            "device": "json_extract(d.context, '$.device.type')",
+            "country": "json_extract(d.context, '$.location.country')",
+            "daypart": "json_extract(d.context, '$.time.daypart')",
+            "bucket": f"substr(d.created_at, 1, {width})",
+        }
+    fmt = "YYYY-MM-DD HH24" if bucket == "hour" else "YYYY-MM-DD"
+    return {
+        "ph": "%s",
+        "epoch_d": "extract(epoch from d.created_at)",
+        "epoch_r": "extract(epoch from rw.created_at)",
+        "device": "(d.context -> 'device' ->> 'type')",
+        "country": "(d.context -> 'location' ->> 'country')",
+        "daypart": "(d.context -> 'time' ->> 'daypart')",
+        "bucket": f"to_char(d.created_at AT TIME ZONE 'UTC', '{fmt}')",
+    }
+
+
+_QUERY = """
+WITH r AS (
+  SELECT rw.event_id AS event_id, SUM(rw.value) AS s, MAX(rw.value) AS mx, MIN(rw.id) AS first_id
+  FROM rewards rw JOIN decisions d ON d.event_id = rw.event_id
+  WHERE d.experiment_id = {ph} AND {epoch_r} <= {epoch_d} + {ph}
+  GROUP BY rw.event_id
+)
+SELECT d.arm, COALESCE(d.unit_key, d.event_id), d.fallback, d.deferred,
+       CASE WHEN a.event_id IS NULL THEN 0 ELSE 1 END,
+       r.s, r.mx, (SELECT value FROM rewards WHERE id = r.first_id),
+       {device}, {country}, {daypart}, {bucket}
+FROM decisions d
+LEFT JOIN r ON r.event_id = d.event_id
+LEFT JOIN activations a ON a.event_id = d.event_id
+WHERE d.experiment_id = {ph}
+ORDER BY d.seq
+"""
+
+
+def _codes(values: Sequence[Any], order: Sequence[str] = ()) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes of string values (None -> "unknown"), labels in ``order`` first, then by count."""
+    index: dict[Any, int] = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
+    labels = ["unknown" if v is None else str(v) for v in index]
+    return codes, tuple(labels)
+
+
+def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
+                          bucket: str = "day") -> ExperimentData:
+    """Pull the experiment's decisions once (one query) and encode them as numpy columns."""
+    parts = _sql_parts(connection.dialect.name, bucket)
+    sql = _QUERY.format(**parts)
+    raw = connection.connection.driver_connection
+    cursor = raw.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, (experiment_id, float(slot["reward_window_s"]), experiment_id))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    if rows:
+        (arm_col, unit_col, fallback, deferred, activated, r_sum, r_max, r_first,
+         device, country, daypart, buckets) = zip(*rows, strict=True)
+    else:
+        arm_col = unit_col = fallback = deferred = activated = r_sum = r_max = r_first = ()
+        device = country = daypart = buckets = ()
+    n = len(rows)
+    activated_a = np.fromiter(activated, dtype=bool, count=n)
+    shown = ~np.fromiter(deferred, dtype=bool, count=n) | activated_a
+    excluded = int(n - shown.sum())
+    arm_index = {name: i for i, name in enumerate(arms)}
+    arm_a = np.fromiter((arm_index.get(a, -1) for a in arm_col), dtype=np.int64, count=n)
+    keep = shown & (arm_a >= 0)
+    aggregation = slot["reward_aggregation"]
+    column = {"sum": r_sum, "max": r_max, "first": r_first}.get(aggregation, r_sum)
+    raw_reward = np.array(column, dtype=np.float64) if n else np.zeros(0)  # None -> nan
+    rewarded = ~np.isnan(raw_reward)
+    reward = np.where(rewarded, np.clip(raw_reward, slot["reward_min"], slot["reward_max"]), slot["default_reward"])
+    units, _ = _codes(unit_col)
+    segments = {
+        "device_type": _codes(device),
+        "country": _codes(country),
+        "day_part": _codes(daypart),
+    }
+    bucket_codes, bucket_labels = _codes(buckets)  # rows are in seq order: first-seen order is chronological
+    segments = {k: (codes[keep], labels) for k, (codes, labels) in segments.items()}
+    return ExperimentData(
+        arm=arm_a[keep], unit=units[keep], reward=reward[keep], rewarded=rewarded[keep],
+        activated=activated_a[keep], fallback=np.fromiter(fallback, dtype=bool, count=n)[keep],
+        segments=segments, bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=excluded,
+    )
+
+
+def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int) -> list[ArmStats]:
+    """Per-unit sufficient statistics per group: ``ArmStats`` of each group code in [0, n_groups).
+
+    Each (group, unit) pair is one unit of that group with ``Y`` = its reward total
+    and ``X`` = its decision count (the unit-level aggregation of ``analysis.experiments``).
+    """
+    if group.size == 0:
+        return [ArmStats.empty() for _ in range(n_groups)]
+    key = group * (int(unit.max()) + 1) + unit
+    pairs, inverse = np.unique(key, return_inverse=True)
+    y = np.bincount(inverse, weights=reward)
+    x = np.bincount(inverse).astype(np.float64)
+    owner = pairs // (int(unit.max()) + 1)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=n_groups)
+
+    units = np.bincount(owner, minlength=n_groups)
+    sums = [total(y), total(y * y), total(x), total(x * x), total(x * y)]
+    return [ArmStats(int(units[g]), float(sums[0][g]), float(sums[1][g]), int(round(sums[2][g])),
+                     float(sums[3][g]), float(sums[4][g])) for g in range(n_groups)]
+
+
+def _by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStats]:
+    return {name: stats[i] for i, name in enumerate(arms)}
+
+
+# ----------------------------------------------------------------------------- offline section
+
+
+def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
+                     policies: Mapping[str, Any] | None, control: str) -> dict[str, Any]:
+    """Every arm's current policy evaluated on the latest logged decisions of the experiment (all arms)."""
+    try:
+        from analysis.estimators import EventData, estimate
+    except ImportError as error:  # pragma: no cover - the offline evaluation issue provides them
+        return {"available": False, "reason": f"offline estimates unavailable: {error}"}
+    from api.db.models import Decision
+
+    rows = connection.execute(
+        select(Decision.candidate_ids, Decision.pmf, Decision.chosen_index, Decision.context, Decision.catalog_version,
+               Decision.inline_candidates, Decision.event_id)
+        .where(Decision.experiment_id == experiment["id"]).order_by(Decision.seq.desc()).limit(OFFLINE_MAX_EVENTS)
+    ).all()
+    if len(rows) < 20:
+        return {"available": False, "reason": f"offline estimates need at least 20 decisions, have {len(rows)}"}
+    rows = rows[::-1]
+    event_ids = [r.event_id for r in rows]
+    rewards = _event_rewards(connection, event_ids, slot)
+    catalogs: dict[int, dict[str, Candidate]] = {}
+    for version in {r.catalog_version for r in rows if r.catalog_version}:
+        blocks = connection.execute(select(CatalogVersion.blocks).where(
+            CatalogVersion.slot_id == slot["id"], CatalogVersion.version == version)).scalar_one_or_none() or []
+        catalogs[version] = {b["id"]: Candidate(b["id"], b.get("features", {})) for b in blocks}
+    width = max(len(r.candidate_ids) for r in rows)
+    n = len(rows)
+    logging_pmf = np.zeros((n, width))
+    mask = np.zeros((n, width), dtype=bool)
+    chosen = np.array([r.chosen_index for r in rows], dtype=np.int64)
+    candidates: list[tuple[Candidate, ...]] = []
+    ids_matrix = np.full((n, width), "", dtype=object)
+    for i, r in enumerate(rows):
+        k = len(r.candidate_ids)
+        logging_pmf[i, :k] = r.pmf
+        mask[i, :k] = True
+        ids_matrix[i, :k] = r.candidate_ids
+        if r.inline_candidates:
+            candidates.append(tuple(Candidate(c["id"], c.get("features", {})) for c in r.inline_candidates))
+        else:
+            catalog = catalogs.get(r.catalog_version or 0, {})
+            candidates.append(tuple(catalog.get(b, Candidate(b)) for b in r.candidate_ids))
+    _, codes = np.unique(ids_matrix.astype(str), return_inverse=True)
+    codes = np.where(mask, codes.reshape(n, width), -1)
+    data = EventData.from_arrays(reward=rewards, chosen=chosen, logging_pmf=logging_pmf / logging_pmf.sum(1, keepdims=True),
+                                 mask=mask, codes=codes)
+    reward_range = (float(slot["reward_min"]), float(slot["reward_max"]))
+    targets: dict[str, np.ndarray] = {}
+    out: list[dict[str, Any]] = []
+    for arm in experiment["arms"]:
+        chooser = _chooser(policies, arm["policy"], connection)
+        if chooser is None:
+            out.append({"arm": arm["name"], "policy": arm["policy"], "error": "policy not loadable"})
+            continue
+        pi = np.zeros((n, width))
+        lock = getattr(chooser, "lock", None)
+        for i, r in enumerate(rows):
+            if lock is not None:
+                with lock:
+                    p = chooser.pmf(r.context, candidates[i])
+            else:
+                p = chooser.pmf(r.context, candidates[i])
+            pi[i, :len(p)] = p
+        pi /= pi.sum(1, keepdims=True)
+        targets[arm["name"]] = pi
+        entry: dict[str, Any] = {"arm": arm["name"], "policy": arm["policy"], "kind": arm["kind"]}
+        for method in ("snips", "dr"):
+            est = estimate(data, pi, method, "normal", reward_range=reward_range)
+            entry[method] = {"value": est.value, "ci": [est.ci_low, est.ci_high], "stderr": est.stderr,
+                             "ess": est.diagnostics.ess, "flags": list(est.flags)}
+        out.append(entry)
+    comparisons: list[dict[str, Any]] = []
+    if control in targets and len(targets) > 1:
+        try:
+            from analysis.compare import compare
+
+            others = {k: v for k, v in targets.items() if k != control}
+            for c in compare(data, others, targets[control], baseline_name=control, method="dr",
+                             reward_range=reward_range):
+                comparisons.append({"arm": c.candidate, "control": c.baseline, "difference": c.difference,
+                                    "ci": [c.ci_low, c.ci_high], "p_value": c.p_value,
+                                    "p_value_adjusted": c.p_adjusted, "significant": c.significant, "note": c.note})
+        except ImportError as error:  # pragma: no cover
+            comparisons.append({"error": f"paired comparisons unavailable: {error}"})
+    return {
+        "available": True, "events": n, "method": "snips and dr (normal 95% intervals) on the latest decisions "
+        "of every arm; each arm's current policy (vw: its latest snapshot)", "estimates": out,
+        "paired_dr_vs_control": comparisons,
+    }
+
+
+def _chooser(policies: Mapping[str, Any] | None, name: str, connection: Connection) -> Any:
+    if policies is not None and name in policies:
+        return policies[name].chooser
+    row = connection.execute(select(Policy.config).where(Policy.name == name)).first()
+    if row is None:
+        return None
+    config = PolicyConfig.from_dict(row.config)
+    model = None
+    if config.kind == "vw":
+        model = connection.execute(select(Snapshot.model).where(Snapshot.policy_name == name)
+                                   .order_by(Snapshot.version.desc()).limit(1)).scalar_one_or_none()
+    return build_chooser(config, model)
+
+
+def _event_rewards(connection: Connection, event_ids: Sequence[str], slot: Mapping[str, Any]) -> np.ndarray:
+    from api.db.models import Reward
+
+    values: dict[str, list[float]] = {}
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start:start + 500]
+        for event_id, value in connection.execute(select(Reward.event_id, Reward.value)
+                                                  .where(Reward.event_id.in_(chunk)).order_by(Reward.id)).all():
+            values.setdefault(event_id, []).append(value)
+    agg = {"sum": sum, "max": max, "first": lambda v: v[0]}.get(slot["reward_aggregation"], sum)
+    out = np.empty(len(event_ids))
+    for i, event_id in enumerate(event_ids):
+        got = values.get(event_id)
+        out[i] = min(max(agg(got), slot["reward_min"]), slot["reward_max"]) if got else slot["default_reward"]
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, Any] | None = None,
+                 bucket: Literal["day", "hour"] = "day", offline: bool = True,
+                 latency: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The experiment's report as JSON-ready data (see the module docstring).
+
+    ``policies``: the registry's policies (name -> PolicyState) for the offline
+    section; without it the policies are loaded from the database.
+    ``latency``: service-wide decide latency quantiles in ms (from ``/metrics``) for the latency guardrail.
+    """
+    started = time.perf_counter()
+    with engine.connect() as connection:
+        experiment = _experiment_dict(connection, experiment_id)
+        slot = _slot_row(connection, experiment["slot"])
+        arms = [a["name"] for a in experiment["arms"]]
+        shares = {a["name"]: a["share"] for a in experiment["arms"]}
+        control = experiment["control"]
+        data = fetch_experiment_data(connection, experiment_id, arms, slot, bucket)
+        fetched = time.perf_counter()
+        offline_section = (_offline_section(connection, experiment, slot, policies, control) if offline
+                           else {"available": False, "reason": "offline section not requested"})
+    binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
+    config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
+    n_arms = len(arms)
+    arm_stats = _by_arm(_unit_stats(data.arm, data.unit, data.reward, n_arms), arms)
+    result = analyze_experiment(arm_stats, control=control, shares=shares, config=config)
+
+    counts = {
+        "decisions": np.bincount(data.arm, minlength=n_arms),
+        "activations": np.bincount(data.arm, weights=data.activated, minlength=n_arms),
+        "rewarded_decisions": np.bincount(data.arm, weights=data.rewarded, minlength=n_arms),
+        "fallbacks": np.bincount(data.arm, weights=data.fallback, minlength=n_arms),
+        "reward_sum": np.bincount(data.arm, weights=data.reward, minlength=n_arms),
+    }
+    arm_rows = []
+    for i, arm in enumerate(experiment["arms"]):
+        r = result.arm(arm["name"]).__dict__
+        decisions = int(counts["decisions"][i])
+        arm_rows.append({
+            "arm": arm["name"], "policy": arm["policy"], "kind": arm["kind"], "share": arm["share"],
+            "units": r["units"], "decisions": decisions, "activations": int(counts["activations"][i]),
+            "rewarded_decisions": int(counts["rewarded_decisions"][i]),
+            "reward_sum": float(counts["reward_sum"][i]),
+            "fallback_rate": float(counts["fallbacks"][i] / decisions) if decisions else None,
+            "mean": r["mean"], "ci": list(r["ci"]) if r["ci"] else None, "stderr": r["stderr"],
+            "codes": list(r["codes"]),
+        })
+
+    guardrails = _guardrails(experiment["guardrails"], arm_rows, latency)
+    segments: dict[str, Any] = {}
+    for dimension in SEGMENT_DIMENSIONS:
+        codes, labels = data.segments[dimension]
+        if dimension == "country" and len(labels) > TOP_COUNTRIES:
+            counts_by = np.bincount(codes, minlength=len(labels))
+            top = np.argsort(-counts_by)[:TOP_COUNTRIES - 1]
+            remap = np.full(len(labels), TOP_COUNTRIES - 1)
+            remap[top] = np.arange(len(top))
+            codes = remap[codes]
+            labels = tuple(labels[t] for t in top) + ("other",)
+        stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms)
+        by_segment = {label: _by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}
+        segments[dimension] = analyze_segments(by_segment, dimension=dimension, control=control, shares=shares,
+                                               config=config).to_dict()
+
+    # time series: each unit counted in the bucket of its first exposure (exact cumulative sums)
+    n_buckets = len(data.bucket_labels)
+    if data.arm.size:
+        key = data.arm * (int(data.unit.max()) + 1) + data.unit
+        _, first = np.unique(key, return_index=True)
+        first_bucket = np.empty(int(key.max()) + 1 if key.size else 0, dtype=np.int64)
+        first_bucket[key[first]] = data.bucket[first]
+        unit_bucket = first_bucket[key]
+    else:
+        unit_bucket = data.bucket
+    series_stats = _unit_stats(unit_bucket * n_arms + data.arm, data.unit, data.reward, n_buckets * n_arms)
+    buckets = [(data.bucket_labels[b], _by_arm(series_stats[b * n_arms:(b + 1) * n_arms], arms))
+               for b in range(n_buckets)]
+    series = cumulative_series(buckets, control=control, shares=shares, config=config).to_dict()
+    series["bucket"] = bucket
+
+    analysis = result.to_dict()
+    verdicts = list(result.verdicts) + [g["verdict"] for g in guardrails if g["breached"]]
+    return {
+        "experiment": experiment,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "summary": {"decisions": int(data.arm.size), "units": int(sum(r["units"] for r in arm_rows)),
+                    "excluded_never_activated": data.excluded, "binary": config.binary,
+                    "sequential": config.sequential, "metric": config.metric, "level": config.level,
+                    "reward_aggregation": slot["reward_aggregation"],
+                    "reward_range": [slot["reward_min"], slot["reward_max"]]},
+        "verdicts": verdicts,
+        "arms": arm_rows,
+        "comparisons": analysis["comparisons"],
+        "srm": analysis["srm"],
+        "guardrails": guardrails,
+        "segments": segments,
+        "time_series": series,
+        "offline": offline_section,
+        "timing_ms": {"fetch": round((fetched - started) * 1000, 1),
+                      "total": round((time.perf_counter() - started) * 1000, 1)},
+    }
+
+
+def _guardrails(limits: Mapping[str, float], arm_rows: Sequence[Mapping[str, Any]],
+                latency: Mapping[str, float] | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    limit = limits.get("max_fallback_rate")
+    if limit is not None:
+        for row in arm_rows:
+            rate = row["fallback_rate"]
+            breached = rate is not None and rate > limit
+            out.append({"arm": row["arm"], "name": "fallback_rate", "value": rate, "limit": limit,
+                        "breached": breached,
+                        "verdict": f"guardrail: arm {row['arm']} serves the fallback on {rate:.2%} of decisions "
+                                   f"(limit {limit:.2%})" if breached else ""})
+    limit = limits.get("max_latency_ms")
+    if limit is not None:
+        p95 = latency.get("p95") if latency else None
+        breached = p95 is not None and p95 > limit
+        out.append({"arm": None, "name": "latency_p95_ms", "value": p95, "limit": limit, "breached": breached,
+                    "scope": "service-wide decide latency of this worker (not per arm)",
+                    "verdict": f"guardrail: decide latency p95 {p95:.1f} ms exceeds {limit:g} ms" if breached else ""})
+    return out
+
+
+def latency_quantiles(metrics: Any) -> dict[str, float] | None:
+    """p50/p95 of this worker's decide latency (ms) from its Prometheus histogram (bucket upper bounds)."""
+    try:
+        samples = [s for m in metrics.decide_latency.collect() for s in m.samples if s.name.endswith("_bucket")]
+    except AttributeError:
+        return None
+    buckets = sorted((float(s.labels["le"]), s.value) for s in samples)
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    out: dict[str, float] = {}
+    for name, q in (("p50", 0.5), ("p95", 0.95)):
+        bound = next(le for le, count in buckets if count >= q * total)
+        out[name] = bound * 1000.0 if math.isfinite(bound) else float("inf")
+    return out
+
+
+# ----------------------------------------------------------------------------- report formats
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _ci(ci: Sequence[float] | None, digits: int = 4) -> str:
+    return f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else "—"
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+    e = report["experiment"]
+    lines = [f"# Experiment {e['id']}: {e['name']}", "",
+             f"Slot `{e['slot']}`, status **{e['status']}**, control `{e['control']}`, metric {e['metric']}, "
+             f"{report['summary']['decisions']} decisions from {report['summary']['units']} units.", ""]
+    lines += [f"- {v}" for v in report["verdicts"]] + [""]
+    lines += ["## Arms", "", "| arm | policy | share | units | decisions | activations | mean | 95% CI | fallback rate |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for a in report["arms"]:
+        lines.append(f"| {a['arm']} | {a['policy']} ({a['kind']}) | {a['share']:g} | {a['units']} | {a['decisions']} | "
+                     f"{a['activations']} | {_fmt(a['mean'])} | {_ci(a['ci'])} | {_fmt(a['fallback_rate'])} |")
+    lines += ["", "## Against control", "", "| arm | lift | 95% CI | relative | relative CI | p | p (Holm) |",
+              "|---|---|---|---|---|---|---|"]
+    for c in report["comparisons"]:
+        lines.append(f"| {c['arm']} | {_fmt(c['absolute_lift'])} | {_ci(c['absolute_ci'])} | {_fmt(c['relative_lift'])} | "
+                     f"{_ci(c['relative_ci'])} | {_fmt(c['p_value'])} | {_fmt(c['p_value_adjusted'])} |")
+    srm = report["srm"]
+    lines += ["", f"Sample ratio check: p = {_fmt(srm['p_value'])}, mismatch: {srm['mismatch']}", ""]
+    for dimension, breakdown in report["segments"].items():
+        lines += [f"## By {dimension}", "", "| segment | arm | units | mean | lift | p (Holm) |", "|---|---|---|---|---|---|"]
+        for segment, result in breakdown["results"].items():
+            comps = {c["arm"]: c for c in result["comparisons"]}
+            for arm in result["arms"]:
+                c = comps.get(arm["arm"], {})
+                lines.append(f"| {segment} | {arm['arm']} | {arm['units']} | {_fmt(arm['mean'])} | "
+                             f"{_fmt(c.get('absolute_lift'))} | {_fmt(c.get('p_value_adjusted'))} |")
+        lines.append("")
+    offline = report["offline"]
+    lines += ["## Offline estimates", ""]
+    if not offline.get("available"):
+        lines.append(offline.get("reason", "offline estimates unavailable"))
+    else:
+        lines += [f"{offline['events']} events; {offline['method']}", "", "| arm | SNIPS | CI | DR | CI |", "|---|---|---|---|---|"]
+        for est in offline["estimates"]:
+            if "error" in est:
+                lines.append(f"| {est['arm']} | {est['error']} | | | |")
+                continue
+            lines.append(f"| {est['arm']} | {_fmt(est['snips']['value'])} | {_ci(est['snips']['ci'])} | "
+                         f"{_fmt(est['dr']['value'])} | {_ci(est['dr']['ci'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(report: Mapping[str, Any]) -> str:
+    """One row per (segment dimension, segment, arm); the whole experiment is dimension 'all'."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["dimension", "segment", "arm", "units", "decisions", "mean", "ci_low", "ci_high",
+                     "absolute_lift", "lift_ci_low", "lift_ci_high", "relative_lift", "p_value", "p_value_adjusted"])
+
+    def rows(dimension: str, segment: str, arms: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]]) -> None:
+        comps = {c["arm"]: c for c in comparisons}
+        for a in arms:
+            c = comps.get(a["arm"], {})
+            ci = a.get("ci") or (None, None)
+            lci = c.get("absolute_ci") or (None, None)
+            writer.writerow([dimension, segment, a["arm"], a["units"], a["decisions"], a["mean"], ci[0], ci[1],
+                             c.get("absolute_lift"), lci[0], lci[1], c.get("relative_lift"), c.get("p_value"),
+                             c.get("p_value_adjusted")])
+
+    rows("all", "all", report["arms"], report["comparisons"])
+    for dimension, breakdown in report["segments"].items():
+        for segment, result in breakdown["results"].items():
+            rows(dimension, segment, result["arms"], result["comparisons"])
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- beacons
+
+
+def beacon_token(secret: bytes, event_id: str) -> str:
+    """HMAC-SHA256(secret, "beacon" 0x00 event_id), 128 bits hex: authorises one event's beacons."""
+    return hmac.new(secret, b"beacon\x00" + event_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def _check_token(state: State, event_id: str, token: str | None) -> None:
+    if not token or not hmac.compare_digest(token, beacon_token(state.decider.secret, event_id)):
+        raise ApiError(401, "unauthorized", "missing or wrong beacon token for this event", "t")
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+@post("/v1/experiments", guards=[require_admin], status_code=201)
+async def post_experiment(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+    return await asyncio.to_thread(create_experiment, _state(request), await request.body())
+
+
+@get("/v1/experiments", guards=[require_admin], sync_to_thread=True)
+def get_experiments(request: Request, slot: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+    return {"experiments": list_experiments(_state(request).engine, slot)}
+
+
+@get("/v1/experiments/{experiment_id:int}", guards=[require_admin], sync_to_thread=True)
+def get_experiment(request: Request, experiment_id: FromPath[int]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return experiment_dict(_state(request).engine, experiment_id)
+
+
+@post("/v1/experiments/{experiment_id:int}/start", guards=[require_admin], status_code=200, sync_to_thread=True)
+def post_start(request: Request, experiment_id: FromPath[int]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return start_experiment(_state(request), experiment_id)
+
+
+@post("/v1/experiments/{experiment_id:int}/stop", guards=[require_admin], status_code=200, sync_to_thread=True)
+def post_stop(request: Request, experiment_id: FromPath[int]) -> dict[str, Any]:  # type: ignore[type-arg]
+    return stop_experiment(_state(request), experiment_id)
+
+
+def report_for(state: State, experiment_id: int, bucket: str = "day", offline: bool = True) -> dict[str, Any]:
+    if bucket not in ("day", "hour"):
+        raise ApiError(422, "invalid_request", "bucket must be 'day' or 'hour'", "bucket")
+    return build_report(state.engine, experiment_id, policies=state.registry.policies, bucket=bucket,  # type: ignore[arg-type]
+                        offline=offline, latency=latency_quantiles(state.metrics))
+
+
+@get("/v1/experiments/{experiment_id:int}/report", guards=[require_admin], sync_to_thread=True)
+def get_report(request: Request, experiment_id: FromPath[int], bucket: str = "day",  # type: ignore[type-arg]
+               offline: bool = True) -> dict[str, Any]:
+    return report_for(_state(request), experiment_id, bucket, offline)
+
+
+@post("/v1/beacon/slots/{slot:str}/decide", guards=[require_decide], status_code=200)
+async def beacon_decide(request: Request, slot: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    """The decide call of the browser snippet: the usual decision plus a beacon ``token`` for its event."""
+    from api import app as core
+    from api.decide import response_from_row
+
+    started = time.perf_counter()
+    state = _state(request)
+    body = core._decode(await request.body(), schemas.DecideRequest)
+    slot_state = state.decider.slot(slot)
+    stored = None
+    if body.event_id is not None:
+        stored = state.writer.pending(body.event_id) or await asyncio.to_thread(core._find_decision, state, body.event_id)
+        if stored is not None and stored["slot_id"] != slot_state.id:
+            raise ApiError(409, "event_id_conflict", "this event id belongs to another slot", "event_id")
+    if stored is None:
+        client = request.client.host if request.client else None
+        row = state.decider.decide(slot_state, body, state.decider.facts(body, request.headers, client))
+        await state.writer.write(row)
+        state.metrics.decisions.labels(slot).inc()
+        state.metrics.decide_latency.observe(time.perf_counter() - started)
+    else:
+        row = stored
+    features = await asyncio.to_thread(core._candidate_features, state, row)
+    return {**response_from_row(row, features, slot), "token": beacon_token(state.decider.secret, row["event_id"])}
+
+
+def _beacon_body(raw: bytes) -> bytes:
+    return raw.strip() or b"{}"
+
+
+@post("/v1/beacon/{event_id:str}/activate", status_code=200)
+async def beacon_activate(request: Request, event_id: FromPath[str], t: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+    from api import app as core
+
+    state = _state(request)
+    _check_token(state, event_id, t)
+    return await asyncio.to_thread(core._activate, state, event_id, b"")
+
+
+@post("/v1/beacon/{event_id:str}/reward", status_code=200)
+async def beacon_reward(request: Request, event_id: FromPath[str], t: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+    from api import app as core
+
+    state = _state(request)
+    _check_token(state, event_id, t)
+    return await asyncio.to_thread(core._reward, state, event_id, _beacon_body(await request.body()))
+
+
+ROUTES = [post_experiment, get_experiments, get_experiment, post_start, post_stop, get_report,
+          beacon_decide, beacon_activate, beacon_reward]
+
+
+# ----------------------------------------------------------------------------- lifecycle hooks
+
+
+async def startup(app: Any) -> None:
+    state = app.state
+    book = ExperimentBook(state.engine)
+    await asyncio.to_thread(book.refresh)
+    state.experiment_book = book
+    state.decider.resolve_arm = book.resolve
+    if state.settings.demo:
+        from api.auth import create_key
+
+        state.demo_key = await asyncio.to_thread(create_key, state.engine, "decide", "demo page")
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(state.settings.reload_interval_s)
+            try:
+                await asyncio.to_thread(book.refresh)
+            except Exception:  # noqa: BLE001 - keep the last known experiments
+                log.exception("experiment refresh failed")
+
+    state.experiment_poller = asyncio.create_task(poll())
+
+
+async def shutdown(app: Any) -> None:
+    poller = getattr(app.state, "experiment_poller", None)
+    if poller is not None:
+        poller.cancel()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _report_command(args: argparse.Namespace, settings: Any) -> int:
+    import sys
+
+    from api.db.engine import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        experiment_id = _resolve_experiment(engine, args.experiment)
+        if experiment_id is None:
+            print(f"no experiment '{args.experiment}'", file=sys.stderr)
+            return 2
+        report = build_report(engine, experiment_id, bucket=args.bucket, offline=not args.no_offline)
+    finally:
+        engine.dispose()
+    if args.format == "json":
+        text = json.dumps(report, indent=2)
+    elif args.format == "md":
+        text = report_markdown(report)
+    elif args.format == "csv":
+        text = report_csv(report)
+    else:
+        from api.dashboard import render_report_page
+
+        text = render_report_page(report, standalone=True)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as stream:
+            stream.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _resolve_experiment(engine: Engine, ref: str) -> int | None:
+    with engine.connect() as connection:
+        if ref.isdigit():
+            found = connection.execute(select(Experiment.id).where(Experiment.id == int(ref))).scalar_one_or_none()
+            if found is not None:
+                return int(found)
+        found = connection.execute(select(Experiment.id).where(Experiment.name == ref)
+                                   .order_by(Experiment.id.desc()).limit(1)).scalar_one_or_none()
+        return int(found) if found is not None else None
+
+
+def add_commands(subparsers: Any, command: Any) -> None:
+    report = subparsers.add_parser("report", help="print an experiment's report (md, html, json or csv)")
+    report.add_argument("experiment", help="experiment id or name")
+    report.add_argument("--format", choices=["md", "html", "json", "csv"], default="md")
+    report.add_argument("--bucket", choices=["day", "hour"], default="day", help="time-series bucket")
+    report.add_argument("--no-offline", action="store_true", help="skip the offline estimates")
+    report.add_argument("--output", "-o", help="write to this file instead of stdout")
+    command("report")(_report_command)
