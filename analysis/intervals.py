@@ -27,9 +27,9 @@ in ``field``; it is the root of every error raised by the estimators.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from scipy import stats
