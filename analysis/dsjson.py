@@ -484,9 +484,12 @@ def _record_from_json(
         )
     if known is not None:
         pmf, indices = known
-        if indices[0] != chosen:
+        if indices[0] != chosen and label_probability is None:
+            # VW learns from the label; "a" listing all actions in order (VW's igl.dsjson) is
+            # fine when _label_probability confirms the chosen action's probability
             raise FormatError(
-                f"'a' must start with the chosen action (index {chosen}), found index {indices[0]}",
+                f"'a' must start with the chosen action (index {chosen}), found index {indices[0]}; "
+                "or give _label_probability",
                 line=line,
                 field="a",
             )

@@ -91,7 +91,8 @@ def _normalise(target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def uniform_target(log: BanditLog) -> np.ndarray:
     """Every candidate alike: 1 / n_actions on each row."""
-    return log.action_mask / log.n_actions[:, None]
+    target: np.ndarray = log.action_mask / log.n_actions[:, None]
+    return target
 
 
 def fixed_target(log: BanditLog, block_id: str) -> np.ndarray:

@@ -276,6 +276,18 @@ def test_reads_decision_service_json() -> None:
     assert shared_line(log.contexts[0]).startswith("shared |U FromUrl.timeofday=Afternoon")
 
 
+def test_a_in_plain_order_is_accepted_when_the_label_probability_confirms_it() -> None:
+    # the layout of VW's test/train-sets/igl.dsjson: "a" lists every action in order
+    line = {"_label_cost": 0, "_label_probability": 0.1, "_label_Action": 3, "_labelIndex": 2,
+            "o": [{"v": {"v=none": 1}}], "a": [0, 1, 2], "p": [0.6, 0.3, 0.1],
+            "c": {"User": {"user=Anna": 1}, "_multi": [{"Action": {f"action={x}": 1}} for x in "abc"]}}
+    log = read_dsjson([json.dumps(line)])
+    np.testing.assert_allclose(log.logging_pmf[0], [0.6, 0.3, 0.1])
+    assert log.chosen[0] == 2 and log.propensity[0] == pytest.approx(0.1)
+    assert list(log.action_ids[0]) == ["1", "2", "3"]
+    assert log.contexts[0] == {"user": {"User.user=Anna": 1.0}}
+
+
 def test_reads_vw_sample_with_zero_based_actions_and_outcome_only_rewards() -> None:
     # test/train-sets/cb_features_w_zero_vals.dsjson numbers "a" from 0
     line = {"_label_cost": -1.0, "_label_probability": 0.5, "_label_Action": 1, "_labelIndex": 0,
@@ -300,6 +312,7 @@ BAD = [
     ('{"c": {"_multi": [{}, {}]}, "a": [1, 2], "p": [0.5]}', 1, "p", "as long as 'a'"),
     ('{"c": {"_multi": [{}, {}]}, "a": [1, 3], "p": [0.5, 0.5], "_label_cost": 0}', 1, "a", "within 1..2"),
     ('{"c": {"_multi": [{}, {}]}, "a": [2, 1], "p": [0.5, 0.5], "_labelIndex": 0, "_label_cost": 0}', 1, "a", "start with the chosen"),
+    ('{"c": {"_multi": [{}, {}]}, "a": [2, 1], "p": [0.7, 0.3], "_labelIndex": 0, "_label_probability": 0.7, "_label_cost": 0}', 1, "_label_probability", "disagrees"),
     ('{"c": {"_multi": [{}, {}]}, "a": [1, 2], "p": [0.5, 0.5], "_labelIndex": 0, "_label_Action": 0, "_label_cost": 0}', 1, "_label_Action", "1-based"),
     ('{"c": {"_multi": [{}, {}]}, "a": [1, 2], "p": [0.5, 0.5], "_label_probability": 0.9, "_label_cost": 0}', 1, "_label_probability", "disagrees"),
     ('{"c": {"_multi": [{}, {}]}, "a": [1, 2], "p": [0.0, 1.0], "_label_cost": 0}', 1, "p", "not in (0, 1]"),
