@@ -17,7 +17,10 @@ example without an error), all kept by :func:`write_dsjson`:
   default), ``_label_probability`` (logged propensity), ``_label_Action``
   (1-based) and ``_labelIndex`` (0-based index into ``_multi``);
 * ``"a"`` is 1-based and non-empty, the chosen action first (the rest by
-  decreasing probability), ``"p"`` is aligned with ``"a"``;
+  decreasing probability), ``"p"`` is aligned with ``"a"``; for logs whose
+  pmf is known on the chosen block only (``meta["logging_pmf"] ==
+  "chosen_only"``, e.g. the Open Bandit Dataset's "bts") ``"a"`` holds just
+  the chosen action;
 * events VW must not learn from (deferred and never activated) carry
   ``"_skipLearn": true``.
 
@@ -60,7 +63,9 @@ features; the action id is ``_tag``, else an ``id`` feature, else its
 1-based position. ``"a"`` holding a 0 is read as 0-based (seen in VW's own
 test files). The reward is ``cost_to_reward(_label_cost)`` (default
 ``-cost``), else the sum of the numeric outcome values ``"o": [{"v": ...}]``,
-else ``default_reward`` when given. ``pdrop`` (the probability the event was
+else ``default_reward`` when given. When some event's ``"p"`` covers only
+part of its pmf (it sums below 1), ``meta["logging_pmf"] = "chosen_only"``,
+as for the Open Bandit Dataset's "bts" logs. ``pdrop`` (the probability the event was
 dropped by sampling) is kept in ``meta["pdrop"]`` when any is positive:
 estimators should weight such events by ``1 / (1 - pdrop)``.
 """
@@ -276,6 +281,8 @@ def dsjson_record(
     context: Features = log.contexts[row] if log.contexts else {}
 
     order = [chosen, *sorted((i for i in range(k) if i != chosen), key=lambda i: (-pmf[i], i))]
+    if log.meta.get("logging_pmf") == "chosen_only":
+        order = [chosen]  # only the chosen propensity is known (e.g. OBD "bts"): claim no other
     c: dict[str, Any] = context_json(context)
     c["_multi"] = [action_json(candidate) for candidate in candidates]
     extension: dict[str, Any] = {"reward": reward}
@@ -565,6 +572,8 @@ def _read_lines(
     meta: dict[str, Any] = {"format": "dsjson"}
     if source is not None:
         meta["source"] = source
+    if any(math.fsum(r["pmf"]) < 1.0 - 1e-4 for r in records):
+        meta["logging_pmf"] = "chosen_only"  # some events name only part of their pmf
     pdrop = np.array([r.pop("pdrop") for r in records], dtype=np.float64)
     if (pdrop > 0).any():
         meta["pdrop"] = pdrop

@@ -200,7 +200,7 @@ def test_round_trip_keeps_the_whole_log(tmp_path: Path) -> None:
     assert back.contexts[0]["time"]["weekend"] is False
     assert back.contexts[1] == CONTEXTS[1]
     assert back.contexts[2] == CONTEXTS[2]
-    assert back.meta["format"] == "dsjson"
+    assert back.meta["format"] == "dsjson" and "logging_pmf" not in back.meta
 
 
 def test_extension_only_when_the_tokens_are_not_exact() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.dsjson import FormatError
+from analysis.dsjson import FormatError, read_dsjson, write_dsjson
 from analysis.log import BanditLog
 from analysis.tabular import (
     CSV_COLUMNS,
@@ -204,6 +205,16 @@ def test_obd_bts_campaign_keeps_only_the_chosen_propensity(tmp_path: Path) -> No
     assert log.meta["logging_pmf"] == "chosen_only" and log.meta["n_positions"] == 3
     np.testing.assert_allclose(log.propensity, 0.61)
     np.testing.assert_allclose(log.logging_pmf.sum(axis=1), 0.61)  # the rest is unknown: 0
+    # exported to DSJSON, "a"/"p" claim only the known propensity, and it reads back the same
+    stream = io.StringIO()
+    write_dsjson(log, stream)
+    first = json.loads(stream.getvalue().splitlines()[0])
+    assert first["a"] == [int(log.chosen[0]) + 1] and first["p"] == [0.61]
+    assert len(first["c"]["_multi"]) == 4
+    back = read_dsjson(stream.getvalue().splitlines())
+    np.testing.assert_array_equal(back.logging_pmf, log.logging_pmf)
+    assert back.meta["logging_pmf"] == "chosen_only"
+    assert back.candidates == log.candidates and back.contexts == log.contexts
     forced = read_obd_csv(data, item_context=items, logging_pmf="uniform")
     np.testing.assert_allclose(forced.logging_pmf.sum(axis=1), 1.0)
     np.testing.assert_allclose(np.sort(forced.logging_pmf[0])[:3], 0.39 / 3)
