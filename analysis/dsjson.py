@@ -76,7 +76,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import unquote
@@ -204,8 +204,44 @@ def _decode_action(entry: Mapping[str, Any], *, line: int, index: int) -> Candid
     return Candidate(block_id, features)
 
 
-def _nonempty(context: Features) -> dict[str, dict[str, FeatureValue]]:
-    return {group: dict(values) for group, values in context.items() if values}
+class _Decoder:
+    """Memoised decoding of our tokens: repeated groups and candidate sets decode once and are
+    shared between events (less memory; one candidate tuple per set keeps the replay's cache hot)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, FeatureValue]] = {}
+        self.multis: dict[tuple[tuple[tuple[str, Any], ...], ...], list[Candidate]] = {}
+
+    def context(self, c: Mapping[str, Any], *, line: int) -> dict[str, dict[str, FeatureValue]]:
+        context: dict[str, dict[str, FeatureValue]] = {}
+        for key, values in c.items():
+            if key == "_multi":
+                continue
+            try:
+                cache_key = (key, tuple(values.items()))
+                hit = self.groups.get(cache_key)
+            except (AttributeError, TypeError):  # not an object of numbers: let the decoder say so
+                hit = cache_key = None
+            if hit is None:
+                hit = _decode_context({key: values}, line=line).get(_GROUP_BY_LETTER[key], {})
+                if cache_key is not None and len(self.groups) < 65536:
+                    self.groups[cache_key] = hit
+            context[_GROUP_BY_LETTER[key]] = hit
+        return context
+
+    def multi(self, multi: list[Mapping[str, Any]], *, line: int) -> list[Candidate]:
+        try:
+            key = tuple(tuple(entry[_ACTION_LETTER].items()) for entry in multi if len(entry) == 1)
+            if len(key) != len(multi):
+                raise TypeError
+            hit = self.multis.get(key)
+        except (AttributeError, KeyError, TypeError):
+            key, hit = None, None
+        if hit is None:
+            hit = [_decode_action(entry, line=line, index=i) for i, entry in enumerate(multi)]
+            if key is not None and len(self.multis) < 4096:
+                self.multis[key] = hit
+        return hit
 
 
 # ---------------------------------------------------------------- decoding foreign JSON
@@ -260,13 +296,58 @@ def _negate(value: float) -> float:
     return -value
 
 
+class _Encoder:
+    """Memoised encoding: contexts repeat their groups and logs repeat their candidate sets."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[str, dict[str, Any], bool]] = {}
+        self.actions: dict[tuple[int, ...], tuple[Sequence[Candidate], list[dict[str, Any]], bool]] = {}
+
+    def context(self, context: Features, *, line: int) -> tuple[dict[str, Any], bool]:
+        """The ``"c"`` namespaces, and whether decoding them gives ``context`` back exactly."""
+        c: dict[str, Any] = {}
+        exact = True
+        for group, values in context.items():
+            if not values:
+                continue  # an empty group has no tokens; dropped on decode
+            key = (group, tuple(values.items()))
+            entry = self.groups.get(key)
+            if entry is None:
+                namespaces = context_json({group: values})
+                ((letter, tokens),) = namespaces.items()
+                decoded = _decode_tokens(tokens, line=line, field=f"c.{letter}")
+                entry = (letter, tokens, decoded == dict(values))
+                if len(self.groups) < 65536:
+                    self.groups[key] = entry
+            c[entry[0]] = entry[1]
+            exact = exact and entry[2]
+        return c, exact
+
+    def multi(self, candidates: Sequence[Candidate], *, line: int) -> tuple[list[dict[str, Any]], bool]:
+        """The ``"_multi"`` entries, and whether decoding them gives ``candidates`` back exactly."""
+        identity = tuple(map(id, candidates))
+        hit = self.actions.get(identity)
+        if hit is not None:
+            return hit[1], hit[2]
+        multi = [action_json(candidate) for candidate in candidates]
+        decoded = [_decode_action(entry, line=line, index=i) for i, entry in enumerate(multi)]
+        exact = all(
+            d.id == o.id and d.features == dict(o.features) for d, o in zip(decoded, candidates, strict=True)
+        )
+        if len(self.actions) < 4096:
+            self.actions[identity] = (candidates, multi, exact)  # holds the candidates: ids stay valid
+        return multi, exact
+
+
 def dsjson_record(
     log: BanditLog,
     row: int,
     *,
     reward_to_cost: Callable[[float], float] = _negate,
+    _encoder: _Encoder | None = None,
 ) -> dict[str, Any]:
     """The DSJSON object of event ``row`` (key order matters: labels before ``"c"``)."""
+    encoder = _encoder or _Encoder()
     k = int(log.action_mask[row].sum())
     ids = [str(x) for x in log.action_ids[row, :k]]
     pmf = [float(x) for x in log.logging_pmf[row, :k]]
@@ -283,15 +364,18 @@ def dsjson_record(
     order = [chosen, *sorted((i for i in range(k) if i != chosen), key=lambda i: (-pmf[i], i))]
     if log.meta.get("logging_pmf") == "chosen_only":
         order = [chosen]  # only the chosen propensity is known (e.g. OBD "bts"): claim no other
-    c: dict[str, Any] = context_json(context)
-    c["_multi"] = [action_json(candidate) for candidate in candidates]
+    unknown = set(context).difference(CONTEXT_NAMESPACES)
+    if unknown:
+        shared_line(context)  # raises InvalidFeature naming the group, as the service does
+    c, context_exact = encoder.context(context, line=row + 1)
+    multi, candidates_exact = encoder.multi(log.candidates[row] if log.candidates else candidates, line=row + 1)
+    c["_multi"] = multi
     extension: dict[str, Any] = {"reward": reward}
     if log.arms[row]:
         extension["arm"] = str(log.arms[row])
-    if _decode_context(c, line=row + 1) != _nonempty(context):
+    if not context_exact:
         extension["context"] = {group: dict(values) for group, values in context.items()}
-    decoded = [_decode_action(entry, line=row + 1, index=i) for i, entry in enumerate(c["_multi"])]
-    if any(d.features != dict(o.features) for d, o in zip(decoded, candidates, strict=True)):
+    if not candidates_exact:
         extension["candidates"] = [{"id": o.id, "features": dict(o.features)} for o in candidates]
 
     record: dict[str, Any] = {
@@ -330,8 +414,9 @@ def write_dsjson(
     if isinstance(stream_or_path, str | os.PathLike):
         with open(stream_or_path, "w", encoding="utf-8") as stream:
             return write_dsjson(log, stream, reward_to_cost=reward_to_cost)
+    encoder = _Encoder()
     for row in range(log.n):
-        record = dsjson_record(log, row, reward_to_cost=reward_to_cost)
+        record = dsjson_record(log, row, reward_to_cost=reward_to_cost, _encoder=encoder)
         stream_or_path.write(json.dumps(record, separators=(",", ":"), allow_nan=False))
         stream_or_path.write("\n")
     return log.n
@@ -434,6 +519,7 @@ def _record_from_json(
     line: int,
     cost_to_reward: Callable[[float], float],
     default_reward: float | None,
+    decoder: _Decoder,
 ) -> dict[str, Any]:
     if not isinstance(record, Mapping):
         raise FormatError("each line must be a JSON object", line=line)
@@ -451,12 +537,18 @@ def _record_from_json(
     k = len(multi)
 
     if ours:
-        candidates = [_decode_action(entry, line=line, index=i) for i, entry in enumerate(multi)]
-        context: dict[str, dict[str, FeatureValue]] = _decode_context(c, line=line)
+        candidates = decoder.multi(multi, line=line)
+        context: dict[str, dict[str, FeatureValue]] = decoder.context(c, line=line)
         if "candidates" in extension:
             exact = extension["candidates"]
-            if not isinstance(exact, list) or len(exact) != k:
-                raise FormatError("must list every action", line=line, field=f"{EXTENSION_KEY}.candidates")
+            if (
+                not isinstance(exact, list)
+                or len(exact) != k
+                or not all(isinstance(e, Mapping) and "id" in e for e in exact)
+            ):
+                raise FormatError(
+                    "must list every action as {id, features}", line=line, field=f"{EXTENSION_KEY}.candidates"
+                )
             candidates = [Candidate(str(e["id"]), dict(e.get("features", {}))) for e in exact]
         if "context" in extension:
             if not isinstance(extension["context"], Mapping):
@@ -559,6 +651,7 @@ def _read_lines(
     default_reward: float | None,
 ) -> BanditLog:
     records: list[dict[str, Any]] = []
+    decoder = _Decoder()
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -567,7 +660,9 @@ def _read_lines(
         except json.JSONDecodeError as error:
             raise FormatError(f"not valid JSON: {error.msg} at column {error.colno}", line=number) from error
         records.append(
-            _record_from_json(parsed, line=number, cost_to_reward=cost_to_reward, default_reward=default_reward)
+            _record_from_json(
+                parsed, line=number, cost_to_reward=cost_to_reward, default_reward=default_reward, decoder=decoder
+            )
         )
     meta: dict[str, Any] = {"format": "dsjson"}
     if source is not None:
