@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import vowpalwabbit
 
+from analysis.dsjson import write_dsjson
 from analysis.log import BanditLog, LogError
 from analysis.replay import (
     chooser_target,
@@ -23,7 +25,7 @@ from analysis.replay import (
     uniform_target,
 )
 from bandits.features import action_line, shared_line
-from bandits.policies import Candidate, FixedPolicy, VWConfig, VWPolicy
+from bandits.policies import Candidate, FixedPolicy, VWConfig, VWPolicy, cost_from_reward
 
 BLOCKS = tuple(Candidate(f"b{i}", {"format": ["image", "video"][i % 2]}) for i in range(4))
 BEST = {"mobile": 1, "desktop": 3}  # the block that gets clicked, by device type
@@ -130,6 +132,26 @@ def test_replay_matches_a_raw_vw_predict_then_learn_loop(exploration: str) -> No
     result = replay(log, config)
     np.testing.assert_allclose(result.target_pmf, expected_pmf, rtol=0, atol=1e-12)
     assert result.learned == int(learnable.sum())
+
+
+def test_replay_equals_vw_progressive_validation_over_the_dsjson_export(tmp_path: Path) -> None:
+    """``vw --dsjson -d export -p preds`` prints the pmf of each event before learning it."""
+    log = synthetic_log(400, seed=2)
+    config = VWConfig()
+    path = tmp_path / "log.dsjson"
+    write_dsjson(log, path, reward_to_cost=lambda r: cost_from_reward(r, 0.0, 1.0))
+    predictions = tmp_path / "preds.txt"
+    vowpalwabbit.Workspace(arg_list=[*config.to_args(), "--dsjson", "-d", str(path), "-p", str(predictions)]).finish()
+    vw_pmf = np.zeros((log.n, 4))
+    lines = [line for line in predictions.read_text().splitlines() if line.strip()]
+    assert len(lines) == log.n
+    for row, line in enumerate(lines):
+        for pair in line.split(","):
+            action, probability = pair.split(":")
+            vw_pmf[row, int(action)] = float(probability)
+    target = replay(log, config).target_pmf
+    np.testing.assert_allclose(target, vw_pmf, atol=2e-6)  # VW prints 6 decimals
+    assert target[-100:].max(axis=1).mean() > 0.9  # and it did learn
 
 
 def test_non_learnable_events_teach_nothing() -> None:
