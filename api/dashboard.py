@@ -285,7 +285,7 @@ def counters(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type
 
 
 @get("/dashboard/experiments/{experiment_id:int}", sync_to_thread=True)
-def report_page(request: Request, experiment_id: FromPath[int], bucket: str = "day") -> Response[str]:  # type: ignore[type-arg]
+def report_page(request: Request, experiment_id: FromPath[int], bucket: str = "auto") -> Response[str]:  # type: ignore[type-arg]
     if not _admin(request):
         return _login_redirect()  # type: ignore[return-value]
     from api.experiments import report_for

@@ -722,7 +722,7 @@ def _event_rewards(connection: Connection, event_ids: Sequence[str], slot: Mappi
 
 
 def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, Any] | None = None,
-                 bucket: Literal["day", "hour"] = "day", offline: bool = True,
+                 bucket: Literal["day", "hour", "auto"] = "auto", offline: bool = True,
                  latency: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The experiment's report as JSON-ready data (see the module docstring).
 
@@ -737,6 +737,10 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
         arms = [a["name"] for a in experiment["arms"]]
         shares = {a["name"]: a["share"] for a in experiment["arms"]}
         control = experiment["control"]
+        if bucket == "auto":  # hourly points for the first three days, daily after
+            begun = datetime.fromisoformat(experiment["started_at"] or experiment["created_at"])
+            ended = datetime.fromisoformat(experiment["stopped_at"]) if experiment["stopped_at"] else datetime.now(UTC)
+            bucket = "hour" if (ended - begun).total_seconds() < 3 * 86400 else "day"
         data = fetch_experiment_data(connection, experiment_id, arms, slot, bucket)
         fetched = time.perf_counter()
         offline_section = (_offline_section(connection, experiment, slot, policies, control) if offline
@@ -984,15 +988,15 @@ def post_stop(request: Request, experiment_id: FromPath[int]) -> dict[str, Any]:
     return stop_experiment(_state(request), experiment_id)
 
 
-def report_for(state: State, experiment_id: int, bucket: str = "day", offline: bool = True) -> dict[str, Any]:
-    if bucket not in ("day", "hour"):
-        raise ApiError(422, "invalid_request", "bucket must be 'day' or 'hour'", "bucket")
+def report_for(state: State, experiment_id: int, bucket: str = "auto", offline: bool = True) -> dict[str, Any]:
+    if bucket not in ("day", "hour", "auto"):
+        raise ApiError(422, "invalid_request", "bucket must be 'day', 'hour' or 'auto'", "bucket")
     return build_report(state.engine, experiment_id, policies=state.registry.policies, bucket=bucket,  # type: ignore[arg-type]
                         offline=offline, latency=latency_quantiles(state.metrics))
 
 
 @get("/v1/experiments/{experiment_id:int}/report", guards=[require_admin], sync_to_thread=True)
-def get_report(request: Request, experiment_id: FromPath[int], bucket: str = "day",  # type: ignore[type-arg]
+def get_report(request: Request, experiment_id: FromPath[int], bucket: str = "auto",  # type: ignore[type-arg]
                offline: bool = True) -> dict[str, Any]:
     return report_for(_state(request), experiment_id, bucket, offline)
 
@@ -1131,7 +1135,8 @@ def add_commands(subparsers: Any, command: Any) -> None:
     report = subparsers.add_parser("report", help="print an experiment's report (md, html, json or csv)")
     report.add_argument("experiment", help="experiment id or name")
     report.add_argument("--format", choices=["md", "html", "json", "csv"], default="md")
-    report.add_argument("--bucket", choices=["day", "hour"], default="day", help="time-series bucket")
+    report.add_argument("--bucket", choices=["day", "hour", "auto"], default="auto",
+                        help="time-series bucket (auto: hourly for the first three days)")
     report.add_argument("--no-offline", action="store_true", help="skip the offline estimates")
     report.add_argument("--output", "-o", help="write to this file instead of stdout")
     command("report")(_report_command)
