@@ -66,6 +66,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Protocol, cast
 
 import numpy as np
@@ -144,6 +145,28 @@ class EventData:
     @property
     def n(self) -> int:
         return int(self.reward.shape[0])
+
+    @cached_property
+    def full(self) -> bool:
+        """Every row has every column (no padding)."""
+        return bool(self.mask.all())
+
+    @cached_property
+    def same_catalog(self) -> bool:
+        """Column j is action code j in every row: reward models reduce to matmuls."""
+        width = self.codes.shape[1]
+        return self.n_codes == width and self.full and bool((self.codes == np.arange(width)).all())
+
+    @cached_property
+    def unsupported_cells(self) -> np.ndarray:
+        """Flat indices of (event, column) cells the logger gave probability 0 or whose
+        action was never chosen in the log: target mass there is invisible to IPS."""
+        tried = np.bincount(self.chosen_codes, minlength=max(self.n_codes, 1)) > 0
+        if tried.all():
+            cells = self.mask & (self.logging_pmf <= 0)
+        else:
+            cells = self.mask & ((self.logging_pmf <= 0) | ~tried[np.maximum(self.codes, 0)])
+        return np.flatnonzero(cells)
 
     @property
     def rows(self) -> np.ndarray:
@@ -224,14 +247,15 @@ class EventData:
         return cls(r, c, mu, m, k, n_codes, x)
 
 
-def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str) -> None:
-    if not np.isfinite(pmf).all():
-        raise EstimatorError(f"{name} contains NaN or infinity", field=name)
-    if (pmf < 0).any():
-        raise EstimatorError(f"{name} has negative probabilities (negative weights)", field=name)
-    if (pmf[~mask] != 0).any():
-        raise EstimatorError(f"{name} puts mass on padding (no candidate there)", field=name)
+def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str, full: bool | None = None) -> None:
+    # two passes over (n, A): row sums (NaN and inf propagate into them) and the minimum
     sums = pmf.sum(axis=1)
+    if not np.isfinite(sums).all():
+        raise EstimatorError(f"{name} contains NaN or infinity", field=name)
+    if pmf.size and pmf.min() < 0:
+        raise EstimatorError(f"{name} has negative probabilities (negative weights)", field=name)
+    if not (mask.all() if full is None else full) and (pmf[~mask] != 0).any():
+        raise EstimatorError(f"{name} puts mass on padding (no candidate there)", field=name)
     bad = np.flatnonzero(np.abs(sums - 1.0) > _PMF_TOLERANCE)
     if bad.size:
         raise EstimatorError(
@@ -263,7 +287,7 @@ def _check_target(data: EventData, target_pmf: np.ndarray) -> np.ndarray:
             f"target_pmf must have the log's shape {data.logging_pmf.shape}, got {pi.shape}",
             field="target_pmf",
         )
-    _check_pmf(pi, data.mask, "target_pmf")
+    _check_pmf(pi, data.mask, "target_pmf", data.full)
     return pi
 
 
@@ -337,23 +361,37 @@ class RidgeRewardModel:
         n_codes: int,
         sample_weight: np.ndarray | None = None,
     ) -> FittedRidge:
-        n = rewards.shape[0]
-        s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        phi = np.hstack([np.ones((n, 1)), features])
-        p = phi.shape[1]
-        total = s.sum()
-        base = float((s @ rewards) / total) if total > 0 else 0.0
-        y = rewards - base
-        gram = np.empty((n_codes, p, p))
-        rhs = np.empty((n_codes, p))
-        sphi = phi * s[:, None]
-        for j in range(p):
-            rhs[:, j] = np.bincount(actions, weights=sphi[:, j] * y, minlength=n_codes)
-            for k in range(j, p):
-                gram[:, j, k] = gram[:, k, j] = np.bincount(
-                    actions, weights=sphi[:, j] * phi[:, k], minlength=n_codes
-                )
-        gram += self.alpha * np.eye(p)
+        groups = np.zeros(rewards.shape[0], dtype=np.int64)
+        return self._solve(*_ridge_stats(features, actions, rewards, n_codes, groups, 1, sample_weight), 0)
+
+    def fit_folds(
+        self,
+        features: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        n_codes: int,
+        fold: np.ndarray,
+        n_folds: int,
+        sample_weight: np.ndarray | None = None,
+    ) -> list[FittedRidge]:
+        """One model per fold k, fitted without fold k: sufficient statistics are
+        summed per fold once and each model uses total - fold k (cross-fitting in one pass)."""
+        stats = _ridge_stats(features, actions, rewards, n_codes, fold, n_folds, sample_weight)
+        return [self._solve(*stats, k) for k in range(n_folds)]
+
+    def _solve(
+        self, total_s: np.ndarray, total_sr: np.ndarray, s_phi: np.ndarray, s_phir: np.ndarray,
+        s_phiphi: np.ndarray, leave_out: int,
+    ) -> FittedRidge:
+        # statistics of everything except group ``leave_out`` (no group is left out when there is one)
+        def out(x: np.ndarray) -> np.ndarray:
+            return x.sum(axis=0) - x[leave_out] if x.shape[0] > 1 else x[0]
+
+        total, sr, sphi, sphir, gram = out(total_s), out(total_sr), out(s_phi), out(s_phir), out(s_phiphi)
+        n_codes, p = sphi.shape
+        base = float(sr / total) if total > 0 else 0.0
+        rhs = sphir - base * sphi  # Phi_a^T S (r - rbar)
+        gram = gram + self.alpha * np.eye(p)
         empty = gram.reshape(n_codes, -1).max(axis=1) <= 0  # alpha = 0 and never chosen
         gram[empty] = np.eye(p)
         try:
@@ -361,6 +399,37 @@ class RidgeRewardModel:
         except np.linalg.LinAlgError:
             coef = np.einsum("kij,kj->ki", np.linalg.pinv(gram), rhs)
         return FittedRidge(base=base, coef=coef, gram=gram)
+
+
+def _ridge_stats(
+    features: np.ndarray, actions: np.ndarray, rewards: np.ndarray, n_codes: int,
+    groups: np.ndarray, n_groups: int, sample_weight: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted sufficient statistics per (group, action): sum s, sum s r (per group),
+    Phi^T S 1, Phi^T S r, Phi^T S Phi, with phi = [1, x]."""
+    n = rewards.shape[0]
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    p = features.shape[1] + 1
+    cols = [s] + [s * features[:, j] for j in range(p - 1)]  # s * phi_j
+    key = groups * n_codes + actions
+    size = n_groups * n_codes
+    sphi = np.empty((size, p))
+    sphir = np.empty((size, p))
+    gram = np.empty((size, p, p))
+    phi = [None] + [features[:, j] for j in range(p - 1)]
+    for j in range(p):
+        sphi[:, j] = np.bincount(key, weights=cols[j], minlength=size)
+        sphir[:, j] = np.bincount(key, weights=cols[j] * rewards, minlength=size)
+        for k in range(j, p):
+            gram[:, j, k] = gram[:, k, j] = (
+                sphi[:, j] if k == 0 else np.bincount(key, weights=cols[j] * phi[k], minlength=size)
+            )
+    total_s = np.bincount(groups, weights=s, minlength=n_groups)
+    total_sr = np.bincount(groups, weights=s * rewards, minlength=n_groups)
+    return (
+        total_s, total_sr, sphi.reshape(n_groups, n_codes, p), sphir.reshape(n_groups, n_codes, p),
+        gram.reshape(n_groups, n_codes, p, p),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -373,10 +442,15 @@ class FittedRidge:
 
     def predict(self, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
         n = features.shape[0]
-        phi = np.hstack([np.ones((n, 1)), features])
+        k = self.coef.shape[0]
+        by_code = self.base + self.coef[:, 0][None, :]  # (1, K): intercepts
+        if features.shape[1]:
+            by_code = by_code + features @ self.coef[:, 1:].T  # (n, K)
+        same_rows = codes.strides[0] == 0 or bool((codes == codes[:1]).all())
+        if codes.shape[1] == k and (codes[:1] == np.arange(k)).all() and same_rows:
+            return np.broadcast_to(by_code, codes.shape).copy()  # same catalog in every row
         valid = codes >= 0
-        beta = self.coef[np.where(valid, codes, 0)]  # (n, A, p)
-        pred = self.base + np.einsum("nap,np->na", beta, phi)
+        pred = np.take_along_axis(np.broadcast_to(by_code, (n, k)), np.where(valid, codes, 0), axis=1)
         return np.where(valid, pred, 0.0)
 
     def influence(self, data: EventData, pi: np.ndarray, q_chosen: np.ndarray) -> np.ndarray:
@@ -392,15 +466,17 @@ class FittedRidge:
         k = self.coef.shape[0]
         phi = np.hstack([np.ones((n, 1)), data.features])
         p = phi.shape[1]
-        valid = data.codes >= 0
-        flat_codes = data.codes[valid]
-        row_of = np.broadcast_to(data.rows[:, None], data.codes.shape)[valid]
-        mass = pi[valid]
-        g = np.empty((k, p))
-        col_sum = np.empty((k, p))  # Phi_a^T 1
         a = data.chosen_codes
+        if data.same_catalog:
+            g = (pi.T @ phi) / n  # G_a = (1/n) sum_i pi_ia phi_i
+        else:
+            valid = data.codes >= 0
+            flat_codes = data.codes[valid]
+            g = np.empty((k, p))
+            for j in range(p):
+                g[:, j] = np.bincount(flat_codes, weights=(pi * phi[:, j : j + 1])[valid], minlength=k) / n
+        col_sum = np.empty((k, p))  # Phi_a^T 1
         for j in range(p):
-            g[:, j] = np.bincount(flat_codes, weights=mass * phi[row_of, j], minlength=k) / n
             col_sum[:, j] = np.bincount(a, weights=phi[:, j], minlength=k)
         h = np.linalg.solve(self.gram, g[:, :, None])[:, :, 0]  # M_a^{-1} G_a (M symmetric)
         omega = n * np.einsum("np,np->n", phi, h[a])
@@ -431,7 +507,7 @@ class Estimator(Protocol):
     name: str
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions: ...
 
     def refit_replicates(
@@ -456,9 +532,11 @@ class IPS(_NoModel):
     name: str = "ips"
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         w = _weights(data, pi)
+        if not bounds:
+            return Contributions(w * data.reward)
         w_max = _max_weight_bound(data, pi)
         lo, hi = reward_range
         return Contributions(w * data.reward, (min(0.0, w_max * lo), max(0.0, w_max * hi)))
@@ -472,10 +550,11 @@ class SNIPS(_NoModel):
     name: str = "snips"
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         w = _weights(data, pi)
-        return _ratio_contributions(w, data.reward, _max_weight_bound(data, pi), reward_range)
+        w_max = _max_weight_bound(data, pi) if bounds else math.nan
+        return _ratio_contributions(w, data.reward, w_max, reward_range)
 
 
 def _ratio_contributions(
@@ -503,7 +582,7 @@ class Replay(_NoModel):
     name: str = "replay"
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         k = data.mask.sum(axis=1)
         if (k != k[0]).any():
@@ -539,7 +618,7 @@ class DirectMethod:
     name: str = "dm"
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         _check_model(self.reward_model)
         fitted = self.reward_model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
@@ -587,12 +666,24 @@ def _cross_fit(
 ) -> np.ndarray:
     """(n, A) predictions; events in fold k predicted by a model fitted without fold k."""
     q = np.empty(data.logging_pmf.shape)
-    base = np.ones(data.n) if s is None else s
     actions = data.chosen_codes
-    for k in range(n_folds):
-        inside = fold == k
-        fitted = model.fit(data.features, actions, data.reward, data.n_codes, np.where(inside, 0.0, base))
-        q[inside] = fitted.predict(data.features[inside], data.codes[inside])
+    fit_folds = getattr(model, "fit_folds", None)
+    if fit_folds is not None:
+        models = fit_folds(data.features, actions, data.reward, data.n_codes, fold, n_folds, s)
+    else:
+        base = np.ones(data.n) if s is None else s
+        models = [
+            model.fit(data.features, actions, data.reward, data.n_codes, np.where(fold == k, 0.0, base))
+            for k in range(n_folds)
+        ]
+    for k, fitted in enumerate(models):
+        inside = np.flatnonzero(fold == k)
+        codes = (
+            np.broadcast_to(data.codes[0], (inside.size, data.codes.shape[1]))
+            if data.same_catalog
+            else data.codes[inside]
+        )
+        q[inside] = fitted.predict(data.features[inside], codes)
     return q
 
 
@@ -617,11 +708,13 @@ class DoublyRobust:
         return cast(np.ndarray, (pi * q).sum(axis=1) + np.where(keep, w * (data.reward - q[data.rows, data.chosen]), 0.0))
 
     def contributions(
-        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         _check_model(self.reward_model)
         q = _cross_fit(self.reward_model, data, _folds(data.n, self.n_folds, seed), self.n_folds)
         values = self._values(data, pi, q)
+        if not bounds:
+            return Contributions(values)
         lo, hi = reward_range
         qv = q[data.mask]
         q_lo, q_hi = float(qv.min()), float(qv.max())
@@ -722,9 +815,8 @@ def diagnose(data: EventData, pi: np.ndarray, reward_range: tuple[float, float] 
     ess = total * total / sq if sq > 0 else 0.0
     mean_w = total / n
     max_w = float(w.max())
-    tried = np.bincount(data.chosen_codes, minlength=max(data.n_codes, 1)) > 0
-    untried = (data.codes >= 0) & ~tried[np.maximum(data.codes, 0)]
-    unsupported = float((pi * ((data.logging_pmf <= 0) | untried)).sum() / n)
+    cells = data.unsupported_cells
+    unsupported = float(pi.ravel()[cells].sum() / n) if cells.size else 0.0
     flags: list[str] = []
     se_w = float(np.std(w, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     if abs(mean_w - 1.0) > max(4.0 * se_w, 1e-9):
@@ -813,7 +905,7 @@ def estimate(
     pi = _check_target(data, target_pmf)
     rr = _check_reward_range(reward_range)
     estimator = make_estimator(method, reward_model, n_folds, switch_tau)
-    contrib = estimator.contributions(data, pi, rr, seed)
+    contrib = estimator.contributions(data, pi, rr, seed, bounds=interval == "bernstein")
     values = contrib.values
     value = float(values.mean())
     label = interval

@@ -1,0 +1,118 @@
+"""Timing of the offline estimators on a 1,000,000-event log, and a large coverage run.
+
+    .venv/bin/python benchmarks/estimators.py                 # timings (table)
+    .venv/bin/python benchmarks/estimators.py --n 200000      # smaller log
+    .venv/bin/python benchmarks/estimators.py --coverage      # coverage, 1000 reps per regime
+
+The synthetic log: 20 actions, two numeric context features, softmax logging
+(weights up to ~10), a softmax target, Bernoulli rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.estimators import METHODS, EventData, estimate  # noqa: E402
+
+
+def synthetic(n: int, n_actions: int = 20, seed: int = 0) -> tuple[EventData, np.ndarray, float]:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 2))
+    theta = rng.random((2, n_actions))
+    theta /= theta.sum(axis=0, keepdims=True)
+    q = 0.1 + 0.8 * (x @ theta)
+
+    def softmax(s: np.ndarray) -> np.ndarray:
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    mu = softmax(-q / 0.3)
+    pi = softmax(q / 0.05)
+    cdf = np.cumsum(mu, axis=1)
+    chosen = np.minimum((cdf < rng.random(n)[:, None] * cdf[:, -1:]).sum(axis=1), n_actions - 1)
+    r = (rng.random(n) < q[np.arange(n), chosen]).astype(np.float64)
+    truth = float((pi * q).sum(axis=1).mean())  # truth on these contexts
+    return EventData.from_arrays(r, chosen, mu, features=x), pi, truth
+
+
+def timings(n: int, n_resamples: int, refit_resamples: int) -> None:
+    t0 = time.perf_counter()
+    data, pi, truth = synthetic(n)
+    t_gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    EventData.from_arrays(data.reward, data.chosen, data.logging_pmf, features=data.features)
+    t_prep = time.perf_counter() - t0
+    print(f"n = {n:,} events, 20 actions; generate {t_gen:.2f} s, validate into EventData {t_prep:.3f} s")
+    print(f"target value on these contexts: {truth:.5f}\n")
+    print(f"{'method':<10} {'interval':<18} {'seconds':>8} {'value':>9} {'ci_low':>9} {'ci_high':>9}  flags")
+    total_normal = 0.0
+
+    def row(method: str, interval: str, **kw: object) -> float:
+        t = time.perf_counter()
+        e = estimate(data, pi, method, interval, n_resamples=n_resamples, **kw)  # type: ignore[arg-type]
+        dt = time.perf_counter() - t
+        label = e.interval if interval != "bootstrap" else f"{e.interval}({kw.get('n_resamples', n_resamples)})"
+        print(f"{method:<10} {label:<18} {dt:8.3f} {e.value:9.5f} {e.ci_low:9.5f} {e.ci_high:9.5f}  {','.join(e.flags)}")
+        return dt
+
+    for method in METHODS:
+        if method == "replay":
+            continue  # needs uniform logging; timed below on a uniform log
+        total_normal += row(method, "normal")
+    print(f"{'all five':<10} {'normal':<18} {total_normal:8.3f}")
+    for method in ("ips", "snips", "dm", "dr"):
+        row(method, "bootstrap", refit=False)
+    for method in ("ips", "snips", "dr"):
+        row(method, "bernstein")
+    for method in ("dm", "dr"):
+        t = time.perf_counter()
+        e = estimate(data, pi, method, "bootstrap", n_resamples=refit_resamples, refit=True)
+        dt = time.perf_counter() - t
+        print(
+            f"{method:<10} {'refit(' + str(refit_resamples) + ')':<18} {dt:8.3f} {e.value:9.5f} "
+            f"{e.ci_low:9.5f} {e.ci_high:9.5f}  ({dt / refit_resamples:.3f} s per resample)"
+        )
+    uniform = EventData.from_arrays(data.reward, data.chosen, np.full(data.logging_pmf.shape, 1 / 20))
+    t = time.perf_counter()
+    e = estimate(uniform, pi, "replay", "normal")
+    print(f"{'replay':<10} {'normal (uniform)':<18} {time.perf_counter() - t:8.3f} {e.value:9.5f}")
+
+
+def coverage(reps: int) -> None:
+    from tests.analysis.test_coverage import CELLS, SCENARIOS, run_coverage
+
+    print(f"coverage of 95% intervals, {reps} seeded repetitions per regime (sd {100 * (0.95 * 0.05 / reps) ** 0.5:.1f}pp)")
+    print(f"{'regime':<14} {'method':<10} {'interval':<10} {'coverage':>8} {'bias':>8} {'width':>7}")
+    for name, scenario in SCENARIOS.items():
+        t = time.perf_counter()
+        result = run_coverage(scenario, CELLS[name], reps, n_resamples=500, seed0=100_000)
+        for (method, interval), (cover, bias, width) in result.items():
+            print(f"{name:<14} {method:<10} {interval:<10} {cover:8.3f} {bias:8.4f} {width:7.3f}")
+        print(f"  ({time.perf_counter() - t:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--refit-resamples", type=int, default=10)
+    parser.add_argument("--coverage", action="store_true")
+    parser.add_argument("--reps", type=int, default=1000)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # flags are printed in the table
+    if args.coverage:
+        coverage(args.reps)
+    else:
+        timings(args.n, args.resamples, args.refit_resamples)
+
+
+if __name__ == "__main__":
+    main()
