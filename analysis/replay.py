@@ -352,7 +352,7 @@ def replay(
     learned = 0
     counts = log.n_actions.tolist()
     id_rows = log.action_ids.tolist()
-    rewards = log.reward.tolist()
+    costs = [cost_from_reward(r, low, high) for r in log.reward.tolist()]
     chosen_list = chosen.tolist()
     propensities = propensity.tolist()
     learn_rows = (learnable & learn).tolist()
@@ -376,8 +376,7 @@ def replay(
             multi = [shared, *actions]
             if learn_rows[row]:
                 a = chosen_list[row]
-                cost = cost_from_reward(rewards[row], low, high)
-                multi[1 + a] = ws.example(f"0:{cost!r}:{propensities[row]!r} {lines[a]}", _CB)
+                multi[1 + a] = ws.example(f"0:{costs[row]!r}:{propensities[row]!r} {lines[a]}", _CB)
                 ws.learn(multi)  # VW predicts before it updates: the pmf below ignores this label
                 pmf = shared.get_action_scores() if action_probs else shared.get_prediction(prediction_type)
                 learned += 1
@@ -393,9 +392,9 @@ def replay(
         target[row, : len(pmf)] = pmf
     target = _normalise(target, log.action_mask)
     weights = target[np.arange(log.n), chosen] / propensity
-    costs = np.array([cost_from_reward(float(r), low, high) for r in log.reward])
+    cost_array = np.array(costs, dtype=np.float64)
     if learnable.any():
-        loss = float((costs * weights)[learnable].mean())
+        loss = float((cost_array * weights)[learnable].mean())
         value = float((log.reward * weights)[learnable].mean())
     else:
         loss = value = math.nan

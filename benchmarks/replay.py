@@ -16,8 +16,14 @@ the same events:
   prediction is the progressive pmf). This is the loop ``replay`` runs,
   without its bookkeeping: the floor for this VW build.
 
-``replay`` time includes building the shared text from structured
-contexts (the raw loops get it for free) and the final checks.
+``replay`` time includes building the shared text and the label from
+structured contexts (the raw loops get them for free) and the final checks.
+
+Measured 2026-11 on the shared 2-core dev machine (load ~4, so +-30%),
+vowpalwabbit 9.11.9, 50,000 events, 10 actions, default VWConfig:
+raw text 185 us/event, raw parsed 44 us/event, replay 67 us/event
+(replay / raw text = 0.36, replay / raw parsed = 1.5); the replayed pmfs
+equal the raw text loop's bit for bit.
 """
 
 from __future__ import annotations
