@@ -461,7 +461,7 @@ def feature_importance(
     """Replay ``config`` on the log and on copies without each group / ``"group.feature"``.
 
     ``evaluate(log, target)`` turns a target into a value; compose with the
-    estimators, e.g. ``lambda log, t: estimators.DR().estimate(log, t).value``.
+    estimators, e.g. ``lambda log, t: analysis.estimators.estimate(log, t, "dr").value``.
     Each removal costs one full replay. Groups absent from every context are
     skipped.
     """
