@@ -44,8 +44,12 @@ CONFIGS: dict[str, VWConfig] = {
     "greedy (epsilon 0)": replace(DEFAULT, exploration="epsilon", epsilon=0.0),
     "squarecb lr 0.1": replace(DEFAULT, learning_rate=0.1),
     "squarecb lr 2.0": replace(DEFAULT, learning_rate=2.0),
+    # VW 9.11.9 accepts only --cb_type mtr with --squarecb (others fail at Workspace creation).
     "squarecb cb_type ips": replace(DEFAULT, cb_type="ips"),
-    "squarecb cb_type dr": replace(DEFAULT, cb_type="dr"),
+    "epsilon 0.05 cb_type ips": replace(DEFAULT, exploration="epsilon", cb_type="ips"),
+    "epsilon 0.05 cb_type dr": replace(DEFAULT, exploration="epsilon", cb_type="dr"),
+    "regcb (regcbopt)": replace(DEFAULT, exploration="regcb"),
+    "bag 5": replace(DEFAULT, exploration="bag", bag=5),
     "squarecb +TDA": replace(DEFAULT, interactions=("TA", "DA", "LA", "UA", "TDA")),
 }
 
@@ -62,6 +66,11 @@ def run_table(names: list[str], seeds: list[int], events: int, last: int, drift:
     for name in names:
         config = CONFIGS[name]
         rewards, gaps, margins, seconds = [], [], [], []
+        try:
+            VWPolicy(config).close()
+        except Exception as error:  # VW rejects some option combinations only at Workspace creation
+            print(f"{name:<26} VW error: {error}")
+            continue
         for s in seeds:
             result = run_policy(
                 World(seed=s, drift=drift), partial(VWPolicy, config), events, seed=s, catalog_key="catalog"
