@@ -63,6 +63,7 @@ from bandits.sampling import normalize_pmf, sample_index
 __all__ = [
     "DEFAULT_CATALOG",
     "Block",
+    "DeviceProfile",
     "Location",
     "Outcome",
     "Population",
