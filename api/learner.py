@@ -628,7 +628,7 @@ class PolicyLearner:
         """Write model + cursor + metrics as the next version in one transaction; None if refused."""
         if self.unsaved == 0:
             return None
-        now = now or datetime.now(UTC)
+        now = datetime.now(UTC)  # leases run on the wall clock, whatever clock the step judged readiness by
         model = self.model.save()
         try:
             with self.engine.begin() as connection:
@@ -717,6 +717,7 @@ class Learner:
         self.policies: dict[str, PolicyLearner] = {}
         self._catalogs = _CatalogCache()
         self._lock = threading.Lock()
+        self._renewed: dict[str, float] = {}
 
     def _policy_configs(self) -> dict[str, PolicyConfig]:
         with self.engine.connect() as connection:
@@ -747,11 +748,16 @@ class Learner:
                 if name not in configs or configs[name] != self.policies[name].config:
                     self._drop(name)  # deleted, or its VW options changed: start over from its snapshot
             for name, config in configs.items():
-                if not acquire_lease(self.engine, name, self.holder, self.settings.lease_ttl_s):
-                    if name in self.policies:
-                        log.warning("lease of policy %s lost to another learner", name)
-                        self.policies.pop(name).close()
-                    continue
+                renewed = self._renewed.get(name)
+                # renew a third of the way into the lease (each renewal is a durable write)
+                if renewed is None or time.monotonic() - renewed > self.settings.lease_ttl_s / 3:
+                    if not acquire_lease(self.engine, name, self.holder, self.settings.lease_ttl_s):
+                        self._renewed.pop(name, None)
+                        if name in self.policies:
+                            log.warning("lease of policy %s lost to another learner", name)
+                            self.policies.pop(name).close()
+                        continue
+                    self._renewed[name] = time.monotonic()
                 learner = self.policies.get(name)
                 if learner is None:
                     learner = self.policies[name] = PolicyLearner(self.engine, name, config, self.settings, self.holder)
@@ -797,6 +803,7 @@ class Learner:
         self.close()
 
     def _drop(self, name: str) -> None:
+        self._renewed.pop(name, None)
         learner = self.policies.pop(name)
         learner.close()
 

@@ -41,8 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -256,7 +257,7 @@ def get_snapshots(request: Request, name: FromPath[str]) -> dict[str, Any]:  # t
 
 
 @get("/v1/policies/{name:str}/model", guards=[require_admin])
-async def get_model(request: Request, name: FromPath[str], version: int | None = None) -> Response[bytes]:  # type: ignore[type-arg]
+async def get_model(request: Request, name: FromPath[str], version: FromQuery[int | None] = None) -> Response[bytes]:  # type: ignore[type-arg]
     found, model = await asyncio.to_thread(export_model, _engine(request), name, version)
     return Response(model, media_type="application/octet-stream", headers={
         "X-Slotbandit-Version": str(found),
@@ -272,21 +273,36 @@ async def put_model(request: Request, name: FromPath[str]) -> dict[str, Any]:  #
     return {"policy": name, "version": version, "source": "import"}
 
 
-@post("/v1/policies/{name:str}/reset", guards=[require_admin], sync_to_thread=True, status_code=201)
-def post_reset(request: Request, name: FromPath[str], data: dict[str, Any] | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
-    from_start = bool((data or {}).get("from_start", False))
-    version = reset_policy(_engine(request), name, from_start=from_start)
-    _refresh(request)
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object", "body")
+    return data
+
+
+@post("/v1/policies/{name:str}/reset", guards=[require_admin], status_code=201)
+async def post_reset(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    data = _json_object(await request.body())
+    from_start = data.get("from_start", False)
+    if not isinstance(from_start, bool):
+        raise ApiError(422, "invalid_request", "from_start must be true or false", "from_start")
+    version = await asyncio.to_thread(reset_policy, _engine(request), name, from_start=from_start)
+    await asyncio.to_thread(_refresh, request)
     return {"policy": name, "version": version, "source": "reset", "from_start": from_start}
 
 
-@post("/v1/policies/{name:str}/rollback", guards=[require_admin], sync_to_thread=True, status_code=201)
-def post_rollback(request: Request, name: FromPath[str], data: dict[str, Any]) -> dict[str, Any]:  # type: ignore[type-arg]
-    target = data.get("version")
+@post("/v1/policies/{name:str}/rollback", guards=[require_admin], status_code=201)
+async def post_rollback(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    target = _json_object(await request.body()).get("version")
     if not isinstance(target, int) or isinstance(target, bool) or target < 1:
         raise ApiError(422, "invalid_request", "version must be a positive integer", "version")
-    version = rollback_policy(_engine(request), name, target)
-    _refresh(request)
+    version = await asyncio.to_thread(rollback_policy, _engine(request), name, target)
+    await asyncio.to_thread(_refresh, request)
     return {"policy": name, "version": version, "source": "rollback", "rolled_back_to": target}
 
 
