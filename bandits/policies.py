@@ -108,6 +108,11 @@ class VWConfig:
             raise InvalidPolicy(f"unknown exploration {self.exploration!r}", field="policy.vw.exploration")
         if self.cb_type not in ("mtr", "ips", "dr", "dm"):
             raise InvalidPolicy(f"unknown cb_type {self.cb_type!r}", field="policy.vw.cb_type")
+        # VW refuses these pairs at start-up; say so here, naming the field.
+        if self.exploration == "squarecb" and self.cb_type != "mtr":
+            raise InvalidPolicy("squarecb works only with cb_type 'mtr'", field="policy.vw.cb_type")
+        if self.exploration == "cover" and self.cb_type == "dm":
+            raise InvalidPolicy("cover does not work with cb_type 'dm'", field="policy.vw.cb_type")
         _check_range("epsilon", self.epsilon, 0.0, 1.0)
         _check_range("gamma_scale", self.gamma_scale, 1e-3, 1e6)
         _check_range("gamma_exponent", self.gamma_exponent, 0.0, 1.0)
@@ -326,6 +331,8 @@ class VWPolicy:
             raise ModelError("chosen index outside the candidate set", field="chosen_index")
         if not (0.0 < probability <= 1.0) or not math.isfinite(cost):
             raise ModelError("learning needs 0 < probability <= 1 and a finite cost", field="probability")
+        # plain floats: a numpy float would print as np.float64(...), which VW silently ignores
+        cost, probability = float(cost), float(probability)
         lines = [shared_line(context)]
         for index, candidate in enumerate(candidates):
             line = action_line(candidate.id, candidate.features)

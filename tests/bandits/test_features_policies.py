@@ -86,6 +86,8 @@ def test_validate_features_names_the_field(values: object, field: str) -> None:
         ({"kind": "vw", "vw": {"bits": 40}}, "policy.vw.bits"),
         ({"kind": "vw", "vw": {"learning_rate": float("nan")}}, "policy.vw.learning_rate"),
         ({"extra": 1}, "policy.extra"),
+        ({"kind": "vw", "vw": {"cb_type": "ips"}}, "policy.vw.cb_type"),
+        ({"kind": "vw", "vw": {"exploration": "cover", "cb_type": "dm"}}, "policy.vw.cb_type"),
     ],
 )
 def test_invalid_policy_configs(data: dict, field: str) -> None:
@@ -156,6 +158,14 @@ def test_vw_policy_learns_saves_loads_and_cached_examples_agree() -> None:
     for _ in range(50):
         for device, fresh in (("mobile", mobile), ("desktop", desktop)):
             assert policy.pmf(_context(device), cands, catalog_key="k") == pytest.approx(fresh, abs=1e-7)
+    # numpy scalars (what analysis code hands in) are learned, not silently dropped
+    import numpy as np
+
+    before = policy.pmf(_context("mobile"), cands)
+    for _ in range(30):
+        policy.learn(_context("mobile"), cands, 1, np.float64(1.0), np.float64(1 / 6))
+    assert policy.pmf(_context("mobile"), cands) != before
+    mobile = policy.pmf(_context("mobile"), cands)
     restored = VWPolicy(VWConfig(), policy.save())
     assert restored.trained
     assert restored.pmf(_context("mobile"), cands) == pytest.approx(mobile, abs=1e-6)
