@@ -174,11 +174,11 @@ class EventData:
 
     @property
     def propensity(self) -> np.ndarray:
-        return self.logging_pmf[self.rows, self.chosen]
+        return cast(np.ndarray, self.logging_pmf[self.rows, self.chosen])
 
     @property
     def chosen_codes(self) -> np.ndarray:
-        return self.codes[self.rows, self.chosen]
+        return cast(np.ndarray, self.codes[self.rows, self.chosen])
 
     @classmethod
     def from_log(cls, log: BanditLog, features: np.ndarray | None = None) -> EventData:
@@ -300,7 +300,7 @@ def _check_reward_range(reward_range: tuple[float, float]) -> tuple[float, float
 
 def _weights(data: EventData, pi: np.ndarray) -> np.ndarray:
     # w_i = pi(a_i | x_i) / mu(a_i | x_i)
-    return pi[data.rows, data.chosen] / data.propensity
+    return cast(np.ndarray, pi[data.rows, data.chosen] / data.propensity)
 
 
 def _max_weight_bound(data: EventData, pi: np.ndarray) -> float:
@@ -385,7 +385,7 @@ class RidgeRewardModel:
     ) -> FittedRidge:
         # statistics of everything except group ``leave_out`` (no group is left out when there is one)
         def out(x: np.ndarray) -> np.ndarray:
-            return x.sum(axis=0) - x[leave_out] if x.shape[0] > 1 else x[0]
+            return cast(np.ndarray, x.sum(axis=0) - x[leave_out] if x.shape[0] > 1 else x[0])
 
         total, sr, sphi, sphir, gram = out(total_s), out(total_sr), out(s_phi), out(s_phir), out(s_phiphi)
         n_codes, p = sphi.shape
@@ -481,7 +481,7 @@ class FittedRidge:
         h = np.linalg.solve(self.gram, g[:, :, None])[:, :, 0]  # M_a^{-1} G_a (M symmetric)
         omega = n * np.einsum("np,np->n", phi, h[a])
         c = 1.0 - float(np.einsum("kp,kp->", h, col_sum))
-        return c * (data.reward - self.base) + omega * (data.reward - q_chosen)
+        return cast(np.ndarray, c * (data.reward - self.base) + omega * (data.reward - q_chosen))
 
 
 # --------------------------------------------------------------------------- estimators
@@ -504,7 +504,8 @@ class Contributions:
 
 
 class Estimator(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def contributions(
         self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
@@ -719,8 +720,8 @@ class DoublyRobust:
         qv = q[data.mask]
         q_lo, q_hi = float(qv.min()), float(qv.max())
         w_max = min(_max_weight_bound(data, pi), self.switch_tau)
-        bounds = (q_lo + min(0.0, w_max * (lo - q_hi)), q_hi + max(0.0, w_max * (hi - q_lo)))
-        return Contributions(values, bounds)
+        span = (q_lo + min(0.0, w_max * (lo - q_hi)), q_hi + max(0.0, w_max * (hi - q_lo)))
+        return Contributions(values, span)
 
     def refit_replicates(
         self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int

@@ -168,7 +168,7 @@ def bernstein_radius(values: np.ndarray, bounds: tuple[float, float], delta: flo
     V_n the unbiased sample variance; rescaled here to the range R = hi - lo.
     (Their ln(2/δ) already covers both the mean and the variance deviation.)
     """
-    n = values.shape[0]
+    n = int(values.shape[0])
     lo, hi = bounds
     span = hi - lo
     if n < 2 or span <= 0:
