@@ -601,7 +601,7 @@ def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot
                      policies: Mapping[str, Any] | None, control: str) -> dict[str, Any]:
     """Every arm's current policy evaluated on the latest logged decisions of the experiment (all arms)."""
     try:
-        from analysis.estimators import EventData, estimate
+        from analysis.estimators import EstimatorError, EventData, estimate
     except ImportError as error:  # pragma: no cover - the offline evaluation issue provides them
         return {"available": False, "reason": f"offline estimates unavailable: {error}"}
     from api.db.models import Decision
@@ -640,8 +640,11 @@ def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot
             candidates.append(tuple(catalog.get(b, Candidate(b)) for b in r.candidate_ids))
     _, codes = np.unique(ids_matrix.astype(str), return_inverse=True)
     codes = np.where(mask, codes.reshape(n, width), -1)
-    data = EventData.from_arrays(reward=rewards, chosen=chosen, logging_pmf=logging_pmf / logging_pmf.sum(1, keepdims=True),
-                                 mask=mask, codes=codes)
+    try:
+        data = EventData.from_arrays(reward=rewards, chosen=chosen,
+                                     logging_pmf=logging_pmf / logging_pmf.sum(1, keepdims=True), mask=mask, codes=codes)
+    except EstimatorError as error:
+        return {"available": False, "reason": f"the logged decisions cannot be evaluated: {error} ({error.field})"}
     reward_range = (float(slot["reward_min"]), float(slot["reward_max"]))
     targets: dict[str, np.ndarray] = {}
     out: list[dict[str, Any]] = []
