@@ -44,8 +44,7 @@ CONFIGS: dict[str, VWConfig] = {
     "greedy (epsilon 0)": replace(DEFAULT, exploration="epsilon", epsilon=0.0),
     "squarecb lr 0.1": replace(DEFAULT, learning_rate=0.1),
     "squarecb lr 2.0": replace(DEFAULT, learning_rate=2.0),
-    # VW 9.11.9 accepts only --cb_type mtr with --squarecb (others fail at Workspace creation).
-    "squarecb cb_type ips": replace(DEFAULT, cb_type="ips"),
+    # VW 9.11.9 accepts only --cb_type mtr with --squarecb (VWConfig rejects the others).
     "epsilon 0.05 cb_type ips": replace(DEFAULT, exploration="epsilon", cb_type="ips"),
     "epsilon 0.05 cb_type dr": replace(DEFAULT, exploration="epsilon", cb_type="dr"),
     "regcb (regcbopt)": replace(DEFAULT, exploration="regcb"),
