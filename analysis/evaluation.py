@@ -434,10 +434,9 @@ def _reward_range(log: BanditLog, reward_range: tuple[float, float] | None) -> t
     if reward_range is not None:
         low, high = (float(v) for v in reward_range)
     else:
-        low = log.meta.get("reward_min")
-        high = log.meta.get("reward_max")
-        low = float(log.reward.min()) if low is None else float(low)
-        high = float(log.reward.max()) if high is None else float(high)
+        declared_low, declared_high = log.meta.get("reward_min"), log.meta.get("reward_max")
+        low = float(log.reward.min()) if declared_low is None else float(declared_low)
+        high = float(log.reward.max()) if declared_high is None else float(declared_high)
         low, high = min(low, float(log.reward.min())), max(high, float(log.reward.max()))
         if high <= low:
             high = low + 1.0
