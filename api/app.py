@@ -19,6 +19,7 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,10 +29,10 @@ from api import schemas
 from api.auth import KeyStore, require_admin, require_decide
 from api.db import queries
 from api.db.engine import make_engine, migrate
-from api.db.models import CatalogVersion, Policy, Slot
+from api.db.models import CatalogVersion, Policy, Slot, utcnow
 from api.decide import Decider, response_from_row, unit_key
 from api.errors import ApiError, exception_handlers, msgspec_field
-from api.log_writer import DecisionWriter
+from api.log_writer import LogWriter
 from api.metrics import Metrics
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
@@ -71,7 +72,7 @@ async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, An
     started = time.perf_counter()
     state = _state(request)
     decider: Decider = state.decider
-    writer: DecisionWriter = state.writer
+    writer: LogWriter = state.writer
     body = _decode(await request.body(), schemas.DecideRequest)
     slot_state = decider.slot(slot)
     if body.event_id is not None:
@@ -80,7 +81,7 @@ async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, An
             if stored["slot_id"] != slot_state.id:
                 raise ApiError(409, "event_id_conflict", "this event id belongs to another slot", "event_id")
             features = await asyncio.to_thread(_candidate_features, state, stored)
-            return Response(response_from_row(stored, features, slot))
+            return Response(response_from_row(stored, features, slot, decider.secret))
     client = request.client.host if request.client else None
     row = decider.decide(slot_state, body, decider.facts(body, request.headers, client))
     try:
@@ -101,7 +102,7 @@ async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, An
     metrics: Metrics = state.metrics
     metrics.decisions.labels(slot).inc()
     metrics.decide_latency.observe(time.perf_counter() - started)
-    return Response(response_from_row(row, features, slot))
+    return Response(response_from_row(row, features, slot, decider.secret))
 
 
 def _find_decision(state: State, event_id: str) -> dict[str, Any] | None:
@@ -124,11 +125,7 @@ def _candidate_features(state: State, row: dict[str, Any]) -> dict[str, Any]:
 def _existing_event(state: State, event_id: str) -> dict[str, Any]:
     if len(event_id) > state.settings.max_id_length:
         raise ApiError(422, "invalid_request", "event id too long", "event_id")
-    row = state.writer.pending(event_id)
-    if row is not None:
-        state.writer.flush()
-        return row
-    row = _find_decision(state, event_id)
+    row = state.writer.pending(event_id) or _find_decision(state, event_id)
     if row is None:
         raise ApiError(404, "unknown_event", f"no decision with event id '{event_id}'", "event_id")
     return row
@@ -136,14 +133,17 @@ def _existing_event(state: State, event_id: str) -> dict[str, Any]:
 
 @post("/v1/events/{event_id:str}/activate", guards=[require_decide], status_code=200)
 async def activate(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
-    return await asyncio.to_thread(_activate, _state(request), event_id, await request.body())
-
-
-def _activate(state: State, event_id: str, body: bytes) -> dict[str, Any]:
+    body = await request.body()
     if body:
         _decode(body, schemas.ActivateRequest)
-    _existing_event(state, event_id)
-    created = queries.store_activation(state.engine, event_id)
+    return await record_activation(_state(request), event_id)
+
+
+async def record_activation(state: State, event_id: str) -> dict[str, Any]:
+    """Store an activation of a known event (shared by the API and the browser beacons)."""
+    await asyncio.to_thread(_existing_event, state, event_id)
+    # Rides the group commit; the (unique) event id makes a repeat a no-op.
+    created = await state.writer.append("activation", {"event_id": event_id, "created_at": utcnow()})
     if created:
         state.metrics.activations.inc()
     return {"event_id": event_id, "activated": True, "duplicate": not created}
@@ -151,18 +151,21 @@ def _activate(state: State, event_id: str, body: bytes) -> dict[str, Any]:
 
 @post("/v1/events/{event_id:str}/reward", guards=[require_decide], status_code=200)
 async def reward(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
-    return await asyncio.to_thread(_reward, _state(request), event_id, await request.body())
+    return await record_reward(_state(request), event_id, await request.body())
 
 
-def _reward(state: State, event_id: str, body: bytes) -> dict[str, Any]:
+async def record_reward(state: State, event_id: str, body: bytes) -> dict[str, Any]:
+    """Validate and store a reward of a known event (shared by the API and the browser beacons)."""
     payload: schemas.RewardRequest = _decode(body, schemas.RewardRequest)
-    row = _existing_event(state, event_id)
-    slot = next((s for s in state.registry.slots.values() if s.id == row["slot_id"]), None)
+    row = await asyncio.to_thread(_existing_event, state, event_id)
+    slot = state.registry.slot_by_id(row["slot_id"])
     if slot is not None and not slot.reward_min <= payload.value <= slot.reward_max:
         raise ApiError(422, "invalid_request",
                        f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
                        "value")
-    created = queries.store_reward(state.engine, event_id, payload.value, payload.reward_id)
+    created = await state.writer.append(
+        "reward", {"event_id": event_id, "reward_id": payload.reward_id, "value": payload.value, "created_at": utcnow()}
+    )
     if created:
         state.metrics.rewards.inc()
     return {"event_id": event_id, "stored": True, "duplicate": not created}
@@ -401,7 +404,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         await asyncio.to_thread(registry.refresh)
         # Load the User-Agent regexes and zone list now, not on the first request (~0.2 s).
         derive_context(RequestFacts(user_agent="Mozilla/5.0", timezone="UTC"), now=datetime.now(UTC))
-        writer = DecisionWriter(engine, gather_ms=settings.group_commit_ms, on_batch=metrics_.log_batch.observe)
+        writer = LogWriter(engine, gather_ms=settings.group_commit_ms, on_batch=metrics_.log_batch.observe)
         secret = load_secret(settings)
         decider = Decider(settings, secret, registry,
                           on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
@@ -430,6 +433,10 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             await asyncio.to_thread(writer.close)
             engine.dispose()
 
+    # Root at WARNING: Litestar's default INFO root would print every httpx call of the demo.
+    logging_config = LoggingConfig(root={"level": "WARNING", "handlers": ["queue_listener"]},
+                                   loggers={"slotbandit": {"level": "INFO", "handlers": ["queue_listener"], "propagate": False}},
+                                   log_exceptions="never")
     cors = CORSConfig(allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                       allow_headers=["authorization", "content-type", "x-api-key"]) if settings.cors_origins else None
     return Litestar(
@@ -439,6 +446,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
+        logging_config=logging_config,
         openapi_config=OpenAPIConfig(title="slotbandit", version="1", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
     )

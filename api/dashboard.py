@@ -28,8 +28,7 @@ from typing import Any
 import jinja2
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath
+from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from sqlalchemy import func, select
@@ -240,7 +239,7 @@ def login_page(request: Request) -> Response[str]:  # type: ignore[type-arg]
 
 @post("/dashboard/login", status_code=303)
 async def login(request: Request,  # type: ignore[type-arg]
-                data: dict[str, str] = Body(media_type=RequestEncodingType.URL_ENCODED)) -> Response[str]:  # noqa: B008
+                data: URLEncodedBody[dict[str, str]]) -> Response[str]:
     key = (data.get("key") or "").strip()
     scope = await asyncio.to_thread(_state(request).key_store.scope_of, key) if key else None
     if scope != "admin":
@@ -285,7 +284,7 @@ def counters(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type
 
 
 @get("/dashboard/experiments/{experiment_id:int}", sync_to_thread=True)
-def report_page(request: Request, experiment_id: FromPath[int], bucket: str = "auto") -> Response[str]:  # type: ignore[type-arg]
+def report_page(request: Request, experiment_id: FromPath[int], bucket: FromQuery[str] = "auto") -> Response[str]:  # type: ignore[type-arg]
     if not _admin(request):
         return _login_redirect()  # type: ignore[return-value]
     from api.experiments import report_for
@@ -295,7 +294,7 @@ def report_page(request: Request, experiment_id: FromPath[int], bucket: str = "a
 
 
 @get("/demo", sync_to_thread=False)
-def demo(request: Request, slot: str | None = None) -> Response[str]:  # type: ignore[type-arg]
+def demo(request: Request, slot: FromQuery[str | None] = None) -> Response[str]:  # type: ignore[type-arg]
     state = _state(request)
     key = getattr(state, "demo_key", None)
     if not state.settings.demo or key is None:

@@ -25,7 +25,7 @@ from bandits.features import validate_features
 from bandits.policies import Candidate, UniformPolicy
 from bandits.sampling import normalize_pmf, sample_index, uniform_draw
 
-__all__ = ["ArmAssignment", "Decider", "response_from_row", "unit_key"]
+__all__ = ["ArmAssignment", "Decider", "event_token", "response_from_row", "unit_key"]
 
 log = logging.getLogger("slotbandit.decide")
 _UNIFORM = UniformPolicy()
@@ -34,6 +34,12 @@ _UNIFORM = UniformPolicy()
 def unit_key(secret: bytes, unit_id: str) -> str:
     """Keyed pseudonym of a unit id (HMAC-SHA256, 128 bits hex): the raw id is never stored."""
     return hmac.new(secret, b"unit\x00" + unit_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def event_token(secret: bytes, event_id: str) -> str:
+    """HMAC-SHA256(secret, "beacon" 0x00 event_id), 128 bits hex: authorises the activation and
+    reward beacons of this one event (``navigator.sendBeacon`` cannot send an API key)."""
+    return hmac.new(secret, b"beacon\x00" + event_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class ArmAssignment:
 ArmResolver = Callable[[SlotState, str], ArmAssignment | None]
 
 
-def response_from_row(row: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]], slot: str) -> dict[str, Any]:
+def response_from_row(row: Mapping[str, Any], features: Mapping[str, Mapping[str, Any]], slot: str,
+                      secret: bytes) -> dict[str, Any]:
     """The API response of a logged decision (also used to answer an idempotent repeat)."""
     ids = row["candidate_ids"]
     pmf = row["pmf"]
@@ -65,6 +72,7 @@ def response_from_row(row: Mapping[str, Any], features: Mapping[str, Mapping[str
         "model_version": row["model_version"],
         "arm": row["arm"],
         "fallback": row["fallback"],
+        "token": event_token(secret, row["event_id"]),
     }
 
 

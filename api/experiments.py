@@ -35,9 +35,9 @@ Report (:func:`build_report`)
     activated were never shown: they are excluded (and counted).
 
 Beacons (the browser snippet)
-    ``navigator.sendBeacon`` cannot send an Authorization header. The browser
-    decide route ``POST /v1/beacon/slots/{slot}/decide`` (decide key) returns
-    the usual decision plus ``token = HMAC-SHA256(secret, "beacon" 0x00 event_id)``
+    ``navigator.sendBeacon`` cannot send an Authorization header. Every
+    decision (``POST /v1/slots/{slot}/decide``) carries
+    ``token = HMAC-SHA256(secret, "beacon" 0x00 event_id)``
     (128 bits hex); ``POST /v1/beacon/{event_id}/activate?t=TOKEN`` and
     ``POST /v1/beacon/{event_id}/reward?t=TOKEN`` (text/plain JSON body
     ``{"value": v, "reward_id": "click"}``) accept that token for that event only.
@@ -66,7 +66,7 @@ import msgspec
 import numpy as np
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from msgspec import Meta, Struct
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
@@ -79,10 +79,10 @@ from analysis.experiments import (
     cumulative_series,
 )
 from api import schemas
-from api.auth import require_admin, require_decide
+from api.auth import require_admin
 from api.db.experiment_models import Experiment, ExperimentArm
 from api.db.models import CatalogVersion, Policy, Slot, Snapshot, utcnow
-from api.decide import ArmAssignment
+from api.decide import ArmAssignment, event_token
 from api.errors import ApiError, msgspec_field
 from api.registry import SlotState
 from bandits.errors import InvalidPolicy
@@ -444,7 +444,7 @@ def stop_experiment(state: State, experiment_id: int) -> dict[str, Any]:
     return experiment_dict(state.engine, experiment_id)
 
 
-def list_experiments(engine: Engine, slot: str | None = None) -> list[dict[str, Any]]:
+def list_experiments(engine: Engine, slot: FromQuery[str | None] = None) -> list[dict[str, Any]]:
     with engine.connect() as connection:
         query = select(Experiment.id).join(Slot, Slot.id == Experiment.slot_id).order_by(Experiment.id.desc())
         if slot:
@@ -953,9 +953,7 @@ def report_csv(report: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- beacons
 
 
-def beacon_token(secret: bytes, event_id: str) -> str:
-    """HMAC-SHA256(secret, "beacon" 0x00 event_id), 128 bits hex: authorises one event's beacons."""
-    return hmac.new(secret, b"beacon\x00" + event_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+beacon_token = event_token  # one definition, in api.decide
 
 
 def _check_token(state: State, event_id: str, token: str | None) -> None:
@@ -972,7 +970,7 @@ async def post_experiment(request: Request) -> dict[str, Any]:  # type: ignore[t
 
 
 @get("/v1/experiments", guards=[require_admin], sync_to_thread=True)
-def get_experiments(request: Request, slot: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+def get_experiments(request: Request, slot: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
     return {"experiments": list_experiments(_state(request).engine, slot)}
 
 
@@ -991,7 +989,7 @@ def post_stop(request: Request, experiment_id: FromPath[int]) -> dict[str, Any]:
     return stop_experiment(_state(request), experiment_id)
 
 
-def report_for(state: State, experiment_id: int, bucket: str = "auto", offline: bool = True) -> dict[str, Any]:
+def report_for(state: State, experiment_id: int, bucket: FromQuery[str] = "auto", offline: FromQuery[bool] = True) -> dict[str, Any]:
     if bucket not in ("day", "hour", "auto"):
         raise ApiError(422, "invalid_request", "bucket must be 'day', 'hour' or 'auto'", "bucket")
     return build_report(state.engine, experiment_id, policies=state.registry.policies, bucket=bucket,  # type: ignore[arg-type]
@@ -999,36 +997,9 @@ def report_for(state: State, experiment_id: int, bucket: str = "auto", offline: 
 
 
 @get("/v1/experiments/{experiment_id:int}/report", guards=[require_admin], sync_to_thread=True)
-def get_report(request: Request, experiment_id: FromPath[int], bucket: str = "auto",  # type: ignore[type-arg]
-               offline: bool = True) -> dict[str, Any]:
+def get_report(request: Request, experiment_id: FromPath[int], bucket: FromQuery[str] = "auto",  # type: ignore[type-arg]
+               offline: FromQuery[bool] = True) -> dict[str, Any]:
     return report_for(_state(request), experiment_id, bucket, offline)
-
-
-@post("/v1/beacon/slots/{slot:str}/decide", guards=[require_decide], status_code=200)
-async def beacon_decide(request: Request, slot: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
-    """The decide call of the browser snippet: the usual decision plus a beacon ``token`` for its event."""
-    from api import app as core
-    from api.decide import response_from_row
-
-    started = time.perf_counter()
-    state = _state(request)
-    body = core._decode(await request.body(), schemas.DecideRequest)
-    slot_state = state.decider.slot(slot)
-    stored = None
-    if body.event_id is not None:
-        stored = state.writer.pending(body.event_id) or await asyncio.to_thread(core._find_decision, state, body.event_id)
-        if stored is not None and stored["slot_id"] != slot_state.id:
-            raise ApiError(409, "event_id_conflict", "this event id belongs to another slot", "event_id")
-    if stored is None:
-        client = request.client.host if request.client else None
-        row = state.decider.decide(slot_state, body, state.decider.facts(body, request.headers, client))
-        await state.writer.write(row)
-        state.metrics.decisions.labels(slot).inc()
-        state.metrics.decide_latency.observe(time.perf_counter() - started)
-    else:
-        row = stored
-    features = await asyncio.to_thread(core._candidate_features, state, row)
-    return {**response_from_row(row, features, slot), "token": beacon_token(state.decider.secret, row["event_id"])}
 
 
 def _beacon_body(raw: bytes) -> bytes:
@@ -1036,25 +1007,25 @@ def _beacon_body(raw: bytes) -> bytes:
 
 
 @post("/v1/beacon/{event_id:str}/activate", status_code=200)
-async def beacon_activate(request: Request, event_id: FromPath[str], t: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+async def beacon_activate(request: Request, event_id: FromPath[str], t: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
     from api import app as core
 
     state = _state(request)
     _check_token(state, event_id, t)
-    return await asyncio.to_thread(core._activate, state, event_id, b"")
+    return await core.record_activation(state, event_id)
 
 
 @post("/v1/beacon/{event_id:str}/reward", status_code=200)
-async def beacon_reward(request: Request, event_id: FromPath[str], t: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+async def beacon_reward(request: Request, event_id: FromPath[str], t: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
     from api import app as core
 
     state = _state(request)
     _check_token(state, event_id, t)
-    return await asyncio.to_thread(core._reward, state, event_id, _beacon_body(await request.body()))
+    return await core.record_reward(state, event_id, _beacon_body(await request.body()))
 
 
 ROUTES = [post_experiment, get_experiments, get_experiment, post_start, post_stop, get_report,
-          beacon_decide, beacon_activate, beacon_reward]
+          beacon_activate, beacon_reward]
 
 
 # ----------------------------------------------------------------------------- lifecycle hooks

@@ -1,11 +1,16 @@
-"""Group commit of decisions.
+"""Group commit of the append-only log: decisions, activations and rewards.
 
-The decide handler hands a finished decision row to :class:`DecisionWriter`
-and (by default) awaits the commit of the batch it landed in, so every
-decision the API returns is in the log before the response leaves, while a
-single transaction carries many decisions under load. A graceful shutdown
-drains the queue. Rows still in flight are visible through :meth:`pending`
-so a reward or an idempotent repeat that races the commit still finds them.
+A handler hands a finished row to :class:`LogWriter` and awaits the commit of
+the batch it landed in, so every decision the API returns and every reward or
+activation it acknowledges is on disk before the response leaves, while one
+transaction (one fsync) carries many rows under load. A graceful shutdown
+drains the queue. Decisions still in flight are visible through
+:meth:`pending`, so a reward or an idempotent repeat that races the commit
+still finds its event.
+
+Each row's outcome is ``True`` (inserted) or ``False`` (a duplicate of an
+idempotency key: event id, (event, reward id), activated event); any other
+database error is raised to the waiting request.
 """
 
 from __future__ import annotations
@@ -16,39 +21,47 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, Table, insert
 from sqlalchemy.exc import IntegrityError
 
-from api.db.models import Decision
+from api.db.models import Activation, Decision, Reward
 
-__all__ = ["DecisionWriter"]
+__all__ = ["DecisionWriter", "LogWriter"]
 
 log = logging.getLogger("slotbandit.log")
 
-_table = Decision.__table__
+Kind = Literal["decision", "activation", "reward"]
+_TABLES: dict[str, Table] = {
+    "decision": Decision.__table__,  # type: ignore[dict-item]
+    "activation": Activation.__table__,  # type: ignore[dict-item]
+    "reward": Reward.__table__,  # type: ignore[dict-item]
+}
 
 
 @dataclass
 class _Item:
+    kind: str
     row: dict[str, Any]
-    done: Callable[[BaseException | None], None] | None
-    future: asyncio.Future[None] | None = None
+    future: asyncio.Future[bool] | None = None
+    event: threading.Event | None = None
+    outcome: bool | BaseException | None = field(default=None)
 
 
-def _settle(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for future, error in results:
-        if future.done():
+def _settle(items: list[_Item]) -> None:
+    for item in items:
+        future = item.future
+        if future is None or future.done():
             continue
-        if error is None:
-            future.set_result(None)
+        if isinstance(item.outcome, BaseException):
+            future.set_exception(item.outcome)
         else:
-            future.set_exception(error)
+            future.set_result(bool(item.outcome))
 
 
-class DecisionWriter:
+class LogWriter:
     def __init__(self, engine: Engine, *, gather_ms: float = 2.0, max_batch: int = 500,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self._engine = engine
@@ -58,52 +71,53 @@ class DecisionWriter:
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._on_batch = on_batch
-        self._thread = threading.Thread(target=self._run, name="decision-writer", daemon=True)
         self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def pending(self, event_id: str) -> dict[str, Any] | None:
+        """A decision submitted but not yet committed, if any."""
         with self._lock:
             return self._pending.get(event_id)
 
-    def submit(self, row: dict[str, Any], done: Callable[[BaseException | None], None] | None = None) -> None:
+    def _enqueue(self, item: _Item) -> None:
         if self._stopped:
-            raise RuntimeError("decision writer is stopped")
-        with self._lock:
-            self._pending[row["event_id"]] = row
-        self._queue.put(_Item(row, done))
+            raise RuntimeError("the log writer is stopped")
+        if item.kind == "decision":
+            with self._lock:
+                self._pending[item.row["event_id"]] = item.row
+        self._queue.put(item)
+
+    async def append(self, kind: Kind, row: dict[str, Any]) -> bool:
+        """Append ``row`` and wait for its commit: True if inserted, False if a duplicate."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Item(kind, row, future=future))
+        return await future
 
     async def write(self, row: dict[str, Any]) -> None:
-        """Submit and wait until the row is committed (raises what the commit raised)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        if self._stopped:
-            raise RuntimeError("decision writer is stopped")
-        with self._lock:
-            self._pending[row["event_id"]] = row
-        self._queue.put(_Item(row, None, future))
-        await future
+        """Append a decision row and wait for its commit (a duplicate event id raises)."""
+        await self.append("decision", row)
 
-    def write_sync(self, row: dict[str, Any], timeout: float = 30.0) -> None:
-        event = threading.Event()
-        failure: list[BaseException] = []
+    def append_sync(self, kind: Kind, row: dict[str, Any], timeout: float = 30.0) -> bool:
+        item = _Item(kind, row, event=threading.Event())
+        self._enqueue(item)
+        assert item.event is not None
+        if not item.event.wait(timeout):
+            raise TimeoutError("log commit timed out")
+        if isinstance(item.outcome, BaseException):
+            raise item.outcome
+        return bool(item.outcome)
 
-        def done(error: BaseException | None) -> None:
-            if error is not None:
-                failure.append(error)
-            event.set()
-
-        self.submit(row, done)
-        if not event.wait(timeout):
-            raise TimeoutError("decision log commit timed out")
-        if failure:
-            raise failure[0]
+    def submit(self, row: dict[str, Any], kind: Kind = "decision") -> None:
+        """Append without waiting (the commit follows within ``gather_ms``)."""
+        self._enqueue(_Item(kind, row))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything submitted so far is committed."""
-        marker = threading.Event()
-        self._queue.put(_Item({"__flush__": True}, lambda _e: marker.set()))
-        marker.wait(timeout)
+        marker = _Item("flush", {}, event=threading.Event())
+        self._queue.put(marker)
+        assert marker.event is not None
+        marker.event.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         if self._stopped:
@@ -135,40 +149,54 @@ class DecisionWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
-        rows = [item for item in batch if "__flush__" not in item.row]
-        errors: dict[int, BaseException] = {}
+        rows = [item for item in batch if item.kind != "flush"]
         if rows:
             try:
-                self._insert([item.row for item in rows])
+                self._insert_all(rows)
+                for item in rows:
+                    item.outcome = True
             except IntegrityError:
-                # One bad row (a raced duplicate event id) must not sink the batch: retry one by one.
+                # A duplicate idempotency key must not sink the batch: retry row by row.
                 for item in rows:
                     try:
-                        self._insert([item.row])
+                        self._insert_all([item])
+                        item.outcome = True
+                    except IntegrityError as error:
+                        item.outcome = False if item.kind != "decision" else error
                     except Exception as error:  # noqa: BLE001 - handed to the waiting request
-                        errors[id(item)] = error
+                        item.outcome = error
             except Exception as error:  # noqa: BLE001 - database down: every waiter learns it
-                log.exception("decision log commit failed")
+                log.exception("log commit failed")
                 for item in rows:
-                    errors[id(item)] = error
+                    item.outcome = error
             if self._on_batch is not None:
                 self._on_batch(len(rows))
         with self._lock:
             for item in rows:
-                self._pending.pop(item.row["event_id"], None)
-        # One wake-up of each event loop per batch, not one per decision.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+                if item.kind == "decision":
+                    self._pending.pop(item.row["event_id"], None)
+        # One wake-up of each event loop per batch, not one per row.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
-            if item.done is not None:
-                item.done(errors.get(id(item)))
+            if item.event is not None:
+                item.event.set()
             if item.future is not None:
-                by_loop.setdefault(item.future.get_loop(), []).append((item.future, errors.get(id(item))))
-        for loop, results in by_loop.items():
+                by_loop.setdefault(item.future.get_loop(), []).append(item)
+        for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_settle, results)
+                loop.call_soon_threadsafe(_settle, items)
             except RuntimeError:  # that loop has closed: nobody is waiting any more
                 pass
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_all(self, items: list[_Item]) -> None:
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_kind.setdefault(item.kind, []).append(item.row)
         with self._engine.begin() as connection:
-            connection.execute(insert(_table), rows)
+            # decisions first: a reward in the same batch may belong to one of them
+            for kind in ("decision", "activation", "reward"):
+                if kind in by_kind:
+                    connection.execute(insert(_TABLES[kind]), by_kind[kind])
+
+
+DecisionWriter = LogWriter  # the name the first version used

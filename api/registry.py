@@ -82,6 +82,12 @@ class Registry:
         self._lock = threading.Lock()
         self._on_model = on_model
 
+    def slot_by_id(self, slot_id: int) -> SlotState | None:
+        for slot in self.slots.values():
+            if slot.id == slot_id:
+                return slot
+        return None
+
     def refresh(self) -> None:
         """Reload whatever changed since the last call (safe to call from any thread)."""
         with self._lock, self._engine.connect() as connection:

@@ -110,7 +110,7 @@
     if (unit) body.unit_id = unit;
     var user = el.getAttribute("data-slotbandit-user");
     if (user) { try { body.context.user = JSON.parse(user); } catch (e) { /* ignore malformed features */ } }
-    return fetch(base + "/v1/beacon/slots/" + encodeURIComponent(slot) + "/decide", {
+    return fetch(base + "/v1/slots/" + encodeURIComponent(slot) + "/decide", {
       method: "POST", headers: {"Content-Type": "application/json", "Authorization": "Bearer " + key}, body: JSON.stringify(body)
     }).then(function (r) {
       if (!r.ok) throw new Error("slotbandit decide " + r.status);
