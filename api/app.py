@@ -38,7 +38,7 @@ from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
 from bandits.context import RequestFacts, derive_context
 from bandits.features import validate_features
-from bandits.policies import PolicyConfig, VWConfig
+from bandits.policies import PolicyConfig, VWConfig, build_chooser, check_against_catalog
 
 __all__ = ["create_app"]
 
@@ -176,7 +176,10 @@ async def record_reward(state: State, event_id: str, body: bytes) -> dict[str, A
 
 def _policy_values(name: str, request: schemas.PolicyRequest) -> PolicyConfig:
     vw = VWConfig.from_dict(schemas.vw_options(request.vw)) if request.kind == "vw" else None
-    return PolicyConfig(kind=request.kind, vw=vw, block=request.block, rules=request.rules)
+    config = PolicyConfig(kind=request.kind, vw=vw, block=request.block, rules=request.rules)
+    if config.kind == "rules":  # validate now: a stored invalid rule list would break every worker's reload
+        build_chooser(config)
+    return config
 
 
 def _reload(state: State) -> None:
@@ -222,6 +225,9 @@ def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
             values["policy_name"] = payload.policy
         elif isinstance(payload.policy, schemas.PolicyRequest) or existing is None:
             config = _policy_values(slot, payload.policy) if payload.policy else PolicyConfig()
+            catalog = state.registry.slots[slot].by_id if slot in state.registry.slots else {}
+            if config.kind in ("rules", "fixed"):
+                check_against_catalog(config, list(catalog), "policy")
             queries.upsert_policy(connection, slot, config.kind, config.to_dict())
             values["policy_name"] = slot
         created = queries.upsert_slot(connection, slot, values)

@@ -86,8 +86,7 @@ from api.decide import ArmAssignment, event_token
 from api.errors import ApiError, msgspec_field
 from api.registry import SlotState
 from bandits.errors import InvalidPolicy
-from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser
-from bandits.rules import RulesPolicy
+from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser, check_against_catalog
 
 __all__ = [
     "ROUTES",
@@ -267,13 +266,10 @@ def _field(prefix: str, inner: str | None) -> str:
 
 def check_policy_for_slot(config: PolicyConfig, catalog: Sequence[str], field: str) -> None:
     """422 when a rules/fixed policy names a block the slot's catalog lacks (or rules are invalid)."""
-    if config.kind == "rules":
-        try:
-            RulesPolicy.from_config(config.rules or {}, field=f"{field}.rules").check_catalog(catalog, field=f"{field}.rules")
-        except InvalidPolicy as error:
-            raise ApiError(422, "invalid_request", error.message, error.field) from error
-    elif config.kind == "fixed" and config.block not in catalog:
-        raise ApiError(422, "invalid_request", f"block '{config.block}' is not in the slot's catalog", f"{field}.block")
+    try:
+        check_against_catalog(config, catalog, field)
+    except InvalidPolicy as error:
+        raise ApiError(422, "invalid_request", error.message, error.field) from error
 
 
 def _analysis_config(metric: str, analysis: Mapping[str, Any], binary: bool = False) -> AnalysisConfig:

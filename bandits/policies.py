@@ -40,6 +40,7 @@ __all__ = [
     "VWConfig",
     "VWPolicy",
     "build_chooser",
+    "check_against_catalog",
     "cost_from_reward",
 ]
 
@@ -225,6 +226,17 @@ class PolicyConfig:
         if self.rules is not None:
             data["rules"] = dict(self.rules)
         return data
+
+
+def check_against_catalog(config: PolicyConfig, catalog: Sequence[str], field: str = "policy") -> None:
+    """Raise InvalidPolicy when a ``rules``/``fixed`` policy names a block the catalog lacks
+    (or its rules are invalid). ``field`` prefixes the reported field name."""
+    if config.kind == "rules":
+        from bandits.rules import RulesPolicy
+
+        RulesPolicy.from_config(config.rules or {}, field=f"{field}.rules").check_catalog(catalog, field=f"{field}.rules")
+    elif config.kind == "fixed" and config.block not in catalog:
+        raise InvalidPolicy(f"block '{config.block}' is not in the slot's catalog", field=f"{field}.block")
 
 
 def cost_from_reward(reward: float, reward_min: float, reward_max: float) -> float:

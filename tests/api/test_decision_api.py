@@ -282,3 +282,19 @@ def test_health_metrics_and_schema(service) -> None:
     assert "slotbandit_decide_seconds_bucket" in text
     schema = c.get("/schema/openapi.json").json()
     assert "/v1/slots/{slot}/decide" in schema["paths"]
+
+
+def test_rules_and_fixed_policies_are_checked_against_the_catalog(service) -> None:
+    seed_slot(service, blocks=3)
+    c = service.client
+    r = c.put("/v1/slots/home.hero", json={"policy": {"kind": "fixed", "block": "nope"}}, headers=service.admin)
+    assert r.status_code == 422 and r.json()["field"] == "policy.block"
+    rules = {"rules": [{"when": {"device_type": "mobile"}, "block": "zz"}], "fallback": "b0"}
+    r = c.put("/v1/slots/home.hero", json={"policy": {"kind": "rules", "rules": rules}}, headers=service.admin)
+    assert r.status_code == 422 and r.json()["field"].startswith("policy.rules")
+    r = c.put("/v1/policies/broken", json={"kind": "rules", "rules": {"rules": "not a list"}}, headers=service.admin)
+    assert r.status_code == 422 and r.json()["field"].startswith("policy.rules")
+    r = c.put("/v1/slots/home.hero", json={"policy": {"kind": "fixed", "block": "b2"}}, headers=service.admin)
+    assert r.status_code == 200
+    for _ in range(5):
+        assert c.post("/v1/slots/home.hero/decide", json={}, headers=service.decider).json()["block"]["id"] == "b2"
