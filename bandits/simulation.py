@@ -31,8 +31,10 @@ Click model
       heterogeneity nobody wrote down.
     * ``drift_t = drift_scale * ((cos θ_t - 1) B + sin θ_t C)`` with
       ``θ_t = drift * t / 10_000`` (``t`` the event index) and ``B``, ``C``
-      further seeded random effect tables: preferences rotate away from the
-      starting world at ``drift`` radians per 10,000 events (0: stationary).
+      further seeded random effect tables (each visitor's sum of them has
+      sd 1): preferences rotate away from the starting world at ``drift``
+      radians per 10,000 events (0: stationary); the shift has sd
+      ``drift_scale * sqrt(2 - 2 cos θ_t)`` logits.
 
 Rewards
     a click (0/1) with a delay (log-normal, median 6 s); after a click a dwell
@@ -499,7 +501,7 @@ class World:
         Args:
             seed: fixes the random effects and the visitor stream.
             drift: radians of preference rotation per 10,000 events (0: stationary).
-            drift_scale: logit scale of the rotating effects.
+            drift_scale: logit sd of the rotating effects (see the module docstring).
             noise: standard deviation (logit units) of the static random effects.
             click_range: (p_min, p_max) that click probabilities are squeezed into.
             events_per_day: mean arrival rate of visitors.
@@ -530,8 +532,11 @@ class World:
         tokens = sorted(self._all_tokens())
         k = len(self.catalog)
         self._noise = {t: rng.normal(0.0, 1.0, k) * noise for t in tokens}
-        self._drift_b = {t: rng.normal(0.0, 1.0, k) for t in tokens}
-        self._drift_c = {t: rng.normal(0.0, 1.0, k) for t in tokens}
+        # Each visitor sums one drift effect per context group (6 of them, see _Key.tokens):
+        # per-token sd 1/sqrt(6) makes drift_scale the sd of that sum.
+        per_token = 1.0 / math.sqrt(len(_Key(0, "mon", "", "", "", False, "").tokens()))
+        self._drift_b = {t: rng.normal(0.0, per_token, k) for t in tokens}
+        self._drift_c = {t: rng.normal(0.0, per_token, k) for t in tokens}
         self._static: dict[_Key, np.ndarray] = {}
         self._zones = [ZoneInfo(loc.timezone) for loc in self.population.locations]
 
