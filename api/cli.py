@@ -48,6 +48,15 @@ def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
     if args.no_learner:
         settings = _replace(settings, embedded_learner=False)
+    if args.workers > 1:
+        # Worker processes build their app from the environment: hand the settings over there.
+        import os
+
+        os.environ["SLOTBANDIT_DATABASE_URL"] = settings.database_url
+        os.environ["SLOTBANDIT_EMBEDDED_LEARNER"] = "1" if settings.embedded_learner else "0"
+        uvicorn.run("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                    log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
+        return 0
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=10)
@@ -138,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes (each holds a read-only model copy; embedded learners share "
+                       "the work through leases, so exactly one learns each policy)")
     serve.add_argument("--no-learner", action="store_true", help="do not run the embedded learner (use `slotbandit learn`)")
 
     keys = sub.add_parser("keys", help="manage API keys")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -15,11 +16,18 @@ __all__ = ["make_engine", "migrate"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SQLITE_SYNCHRONOUS = os.environ.get("SLOTBANDIT_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+if SQLITE_SYNCHRONOUS not in ("NORMAL", "FULL"):
+    raise ValueError("SLOTBANDIT_SQLITE_SYNCHRONOUS must be NORMAL or FULL")
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before the response, even across a power loss.
-    cursor.execute("PRAGMA synchronous=FULL")
+    # WAL + NORMAL: a committed transaction survives a crash or kill of the process (it is in the
+    # WAL file); only a power loss or OS crash can lose the last commits. FULL adds an fsync per
+    # commit for that case too. PostgreSQL, the production store, always fsyncs.
+    cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
