@@ -15,7 +15,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from api.db.engine import make_engine
 from api.db.evaluation_models import StoredEvaluation
-from api.db.models import Activation, Decision, Policy, Reward, Snapshot
+from api.db.models import Decision, Policy, Reward, Snapshot
 from api.errors import ApiError
 from api.offline import load_log, release_orphans
 from bandits.policies import Candidate
