@@ -81,6 +81,8 @@ from analysis.estimators import (
     Estimate,
     EstimatorError,
     EventData,
+    FittedRidge,
+    RidgeRewardModel,
     action_codes,
     contributions,
     estimate,
@@ -374,7 +376,7 @@ def recommend(
 # --------------------------------------------------------------------------- data preparation
 
 
-def context_matrix(log: BanditLog, max_columns: int = 32, min_share: float = 0.01) -> np.ndarray:
+def context_matrix(log: BanditLog, max_columns: int = 16, min_share: float = 0.01) -> np.ndarray:
     """(n, d) one-hot indicators of the most frequent categorical context features, for reward models.
 
     A feature ``group.name`` with a string or bool value gives the indicator of
@@ -387,19 +389,19 @@ def context_matrix(log: BanditLog, max_columns: int = 32, min_share: float = 0.0
         return np.zeros((log.n, 0))
     tokens_by_event: list[list[str]] = []
     counts: dict[str, int] = {}
-    memo: dict[int, list[str]] = {}
+    memo: dict[tuple[str, tuple[tuple[str, Any], ...]], list[str]] = {}  # contexts repeat their groups
     for context in log.contexts:
-        key = id(context)
-        tokens = memo.get(key)
-        if tokens is None:
-            tokens = [
-                f"{group}.{name}={value}"
-                for group, values in context.items()
-                for name, value in (values or {}).items()
-                if isinstance(value, str | bool)
-            ]
-            if len(memo) < 100_000:
-                memo[key] = tokens
+        tokens: list[str] = []
+        for group, values in context.items():
+            if not values:
+                continue
+            key = (group, tuple(values.items()))
+            part = memo.get(key)
+            if part is None:
+                part = [f"{group}.{name}={value}" for name, value in values.items() if isinstance(value, str | bool)]
+                if len(memo) < 100_000:
+                    memo[key] = part
+            tokens += part
         tokens_by_event.append(tokens)
         for token in tokens:
             counts[token] = counts.get(token, 0) + 1
@@ -413,6 +415,52 @@ def context_matrix(log: BanditLog, max_columns: int = 32, min_share: float = 0.0
             if j is not None:
                 matrix[i, j] = 1.0
     return matrix
+
+
+class _MemoRidge:
+    """:class:`RidgeRewardModel` whose unweighted fits are remembered.
+
+    The cross-fitted reward model depends on the events, the folds (the seed)
+    and the rewards, never on the target policy; every policy of the
+    comparison set, and both ``estimate`` and ``contributions``, would refit
+    the same models. Keys are content hashes of the arrays; weighted fits
+    (bootstrap refits) are not cached.
+    """
+
+    def __init__(self, model: RidgeRewardModel, size: int = 8) -> None:
+        self.model = model
+        self.size = size
+        self.cache: dict[tuple[Any, ...], Any] = {}
+
+    @staticmethod
+    def _key(*arrays: np.ndarray) -> tuple[Any, ...]:
+        return tuple((a.shape, str(a.dtype), hash(np.ascontiguousarray(a).tobytes())) for a in arrays)
+
+    def _remember(self, key: tuple[Any, ...], make: Any) -> Any:
+        hit = self.cache.get(key)
+        if hit is None:
+            if len(self.cache) >= self.size:
+                self.cache.pop(next(iter(self.cache)))
+            hit = self.cache[key] = make()
+        return hit
+
+    def fit(self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray, n_codes: int,
+            sample_weight: np.ndarray | None = None) -> FittedRidge:
+        if sample_weight is not None:
+            return self.model.fit(features, actions, rewards, n_codes, sample_weight)
+        key = ("fit", n_codes, *self._key(features, actions, rewards))
+        fitted: FittedRidge = self._remember(key, lambda: self.model.fit(features, actions, rewards, n_codes))
+        return fitted
+
+    def fit_folds(self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray, n_codes: int,
+                  fold: np.ndarray, n_folds: int, sample_weight: np.ndarray | None = None) -> list[FittedRidge]:
+        if sample_weight is not None:
+            return self.model.fit_folds(features, actions, rewards, n_codes, fold, n_folds, sample_weight)
+        key = ("folds", n_codes, n_folds, *self._key(features, actions, rewards, fold))
+        fitted: list[FittedRidge] = self._remember(
+            key, lambda: self.model.fit_folds(features, actions, rewards, n_codes, fold, n_folds)
+        )
+        return fitted
 
 
 def _chosen_only(log: BanditLog) -> bool:
@@ -529,6 +577,8 @@ def evaluate(
         features=context_matrix(log),
     )
 
+    model = _MemoRidge(RidgeRewardModel())  # one cross-fit serves every policy (same events, same folds)
+
     # targets: name -> (kind, pmf, config, progressive value, method)
     targets: dict[str, tuple[str, np.ndarray, Mapping[str, Any] | None, float | None, str]] = {}
     if online_model is not None:
@@ -554,8 +604,9 @@ def evaluate(
     estimates: dict[str, Estimate] = {}
     values: dict[str, np.ndarray] = {}
     for name, (_, pmf, _, _, used) in targets.items():
-        estimates[name] = estimate(data, pmf, used, interval, level, seed=seed, reward_range=rr, n_resamples=n_resamples)
-        values[name] = contributions(data, pmf, used, seed=seed, reward_range=rr)
+        estimates[name] = estimate(data, pmf, used, interval, level, seed=seed, reward_range=rr,
+                                   n_resamples=n_resamples, reward_model=model)
+        values[name] = contributions(data, pmf, used, seed=seed, reward_range=rr, reward_model=model)
 
     comparisons = _paired(values, level, method)
     health: LoggingHealth | None = None
@@ -576,7 +627,7 @@ def evaluate(
     series: tuple[EvaluationPoint, ...] = ()
     if time_buckets is not None:
         series = _series(log, data, {n: (t[1], t[4]) for n, t in targets.items()}, time_buckets, level, seed, rr,
-                         max_points)
+                         max_points, model)
 
     importance = None
     best = max(names, key=lambda n: estimates[n].value) if names else None
@@ -585,7 +636,8 @@ def evaluate(
             notes.append("feature importance needs the log's contexts; skipped")
         else:
             def value_of(variant: BanditLog, target: np.ndarray) -> float:
-                return estimate(data, target, method, "normal", level, seed=seed, reward_range=rr).value
+                return estimate(data, target, method, "normal", level, seed=seed, reward_range=rr,
+                                reward_model=model).value
 
             importance = feature_importance(log, candidates[best], evaluate=value_of, reward_min=rr[0],
                                             reward_max=rr[1], progress=progress)
@@ -635,6 +687,7 @@ def _series(
     seed: int,
     reward_range: tuple[float, float],
     max_points: int,
+    model: _MemoRidge,
 ) -> tuple[EvaluationPoint, ...]:
     ts = log.timestamps
     if not np.isfinite(ts).all():
@@ -657,7 +710,8 @@ def _series(
         values: dict[str, tuple[float, float, float]] = {}
         for name, (pmf, used) in targets.items():
             try:
-                e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range)
+                e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range,
+                             reward_model=model)
             except EstimatorError:
                 continue
             values[name] = (e.value, e.ci_low, e.ci_high)
