@@ -43,7 +43,11 @@ estimate; Agarwal et al. 2016, §4).
 
 **Time series.** For every time bucket (UTC day or hour) the value of each
 policy on all events *up to the end of that bucket* (an expanding window),
-with the normal interval (cheap; whatever interval the main table uses).
+with the normal interval (cheap; whatever interval the main table uses):
+for ips/dm/dr/switch_dr the mean of the whole-log contributions of those
+events (the cross-fitted reward model never saw the event it predicts, so
+this is the same estimator on the prefix with a model fitted on more data),
+for snips/replay a re-estimate on the prefix.
 Candidate targets at time t are their progressive predictions, which only
 depend on events before t, so each point is "what this configuration would
 have earned until then". At most ``max_points`` bucket ends are shown
@@ -88,7 +92,7 @@ from analysis.estimators import (
     estimate,
 )
 from analysis.health import LoggingHealth, check_logging
-from analysis.intervals import check_level
+from analysis.intervals import check_level, normal_interval
 from analysis.log import BanditLog
 from analysis.replay import (
     FeatureImportance,
@@ -626,8 +630,8 @@ def evaluate(
 
     series: tuple[EvaluationPoint, ...] = ()
     if time_buckets is not None:
-        series = _series(log, data, {n: (t[1], t[4]) for n, t in targets.items()}, time_buckets, level, seed, rr,
-                         max_points, model)
+        series = _series(log, data, {n: (t[1], t[4]) for n, t in targets.items()}, values, time_buckets, level,
+                         seed, rr, max_points)
 
     importance = None
     best = max(names, key=lambda n: estimates[n].value) if names else None
@@ -678,17 +682,25 @@ def _paired(values: Mapping[str, np.ndarray], level: float, method: str) -> tupl
     )
 
 
+_RATIO_METHODS = ("snips", "replay")
+
+
 def _series(
     log: BanditLog,
     data: EventData,
     targets: Mapping[str, tuple[np.ndarray, str]],
+    contributions_of: Mapping[str, np.ndarray],
     bucket: Bucket,
     level: float,
     seed: int,
     reward_range: tuple[float, float],
     max_points: int,
-    model: _MemoRidge,
 ) -> tuple[EvaluationPoint, ...]:
+    """Expanding-window values. For the additive estimators (ips, dm, dr, switch_dr) a point is the
+    mean of the whole-log contributions of the events so far, with the normal interval: their
+    cross-fitted reward model never saw the event it predicts, so a prefix mean is the same
+    estimator on the prefix (only the model had more data). Ratio estimators (snips, replay) are
+    re-estimated on the prefix (they fit no model)."""
     ts = log.timestamps
     if not np.isfinite(ts).all():
         return ()
@@ -703,15 +715,20 @@ def _series(
         rows = np.flatnonzero(ts < start + width)
         if rows.size < 20:
             continue
-        sub = EventData.from_arrays(
-            reward=data.reward[rows], chosen=data.chosen[rows], logging_pmf=data.logging_pmf[rows],
-            mask=data.mask[rows], codes=data.codes[rows], features=data.features[rows],
-        )
+        sub: EventData | None = None
         values: dict[str, tuple[float, float, float]] = {}
         for name, (pmf, used) in targets.items():
+            if used not in _RATIO_METHODS:
+                ci = normal_interval(contributions_of[name][rows], level)
+                values[name] = (float(contributions_of[name][rows].mean()), ci.low, ci.high)
+                continue
+            if sub is None:
+                sub = EventData.from_arrays(
+                    reward=data.reward[rows], chosen=data.chosen[rows], logging_pmf=data.logging_pmf[rows],
+                    mask=data.mask[rows], codes=data.codes[rows], features=data.features[rows],
+                )
             try:
-                e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range,
-                             reward_model=model)
+                e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range)
             except EstimatorError:
                 continue
             values[name] = (e.value, e.ci_low, e.ci_high)
