@@ -54,13 +54,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery
 from msgspec import Meta, Struct
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Text, cast, insert, select, update
 
 from analysis.dsjson import write_dsjson
 from analysis.estimators import INTERVALS, METHODS
@@ -164,10 +164,12 @@ def load_log(
             where.append(d.c.policy_name == policy)
         if arm is not None:
             where.append(d.c.arm == arm)
+        # JSON columns as text: decoded once per distinct value below (contexts and candidate lists repeat)
         query = select(
             d.c.seq, d.c.event_id, d.c.slot_id, d.c.created_at, d.c.policy_name, d.c.arm, d.c.catalog_version,
-            d.c.inline_candidates, d.c.candidate_ids, d.c.pmf, d.c.chosen_index, d.c.context, d.c.consent,
-            d.c.deferred, d.c.fallback,
+            cast(d.c.inline_candidates, Text).label("inline_candidates"),
+            cast(d.c.candidate_ids, Text).label("candidate_ids"), cast(d.c.pmf, Text).label("pmf"),
+            d.c.chosen_index, cast(d.c.context, Text).label("context"), d.c.consent, d.c.deferred, d.c.fallback,
         ).where(*where)
         if limit is not None:
             rows = connection.execute(query.order_by(d.c.seq.desc()).limit(limit)).all()[::-1]
@@ -197,6 +199,8 @@ def load_log(
     records: list[dict[str, Any]] = []
     missing = open_windows = 0
     bare: dict[tuple[str, ...], tuple[Candidate, ...]] = {}
+    decode = _JsonMemo()
+    candidate_sets: dict[tuple[Any, ...], tuple[tuple[Candidate, ...] | None, list[str]]] = {}
     for row in rows:
         created = _aware(row.created_at)
         window_end = created + window
@@ -206,8 +210,13 @@ def load_log(
         needs_activation = rules.require_activation or bool(row.deferred)
         activated_at = activations.get(row.event_id)
         activated = activated_at is not None and activated_at <= window_end
-        ids = [str(i) for i in row.candidate_ids]
-        candidates = catalogs.candidates(row)
+        key = (row.catalog_version, row.inline_candidates, row.candidate_ids)
+        known = candidate_sets.get(key)
+        if known is None:
+            ids = [str(i) for i in decode(row.candidate_ids)]
+            decoded = _Row(row.slot_id, row.catalog_version, decode(row.inline_candidates), ids)
+            known = candidate_sets[key] = (catalogs.candidates(decoded), ids)
+        candidates, ids = known
         if candidates is None:
             missing += 1
             key = tuple(ids)
@@ -216,11 +225,11 @@ def load_log(
             "event_id": row.event_id,
             "timestamp": created.timestamp(),
             "action_ids": ids,
-            "pmf": [float(p) for p in row.pmf],
+            "pmf": decode(row.pmf),
             "chosen": int(row.chosen_index),
             "reward": aggregate_rewards(values, rules),
             "arm": row.arm or row.policy_name,
-            "context": row.context or {},
+            "context": decode(row.context) or {},
             "candidates": candidates,
             "learnable": not row.fallback and bool(row.consent) and not (needs_activation and not activated),
         })
@@ -232,6 +241,33 @@ def load_log(
         "missing_candidates": missing, "open_windows": open_windows,
     }
     return BanditLog.from_records(records, meta=meta)
+
+
+class _Row(NamedTuple):
+    slot_id: int
+    catalog_version: int | None
+    inline_candidates: list[Any] | None
+    candidate_ids: list[str]
+
+
+class _JsonMemo:
+    """JSON text -> value with msgspec, once per distinct text (callers must not mutate the values)."""
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        value = self.values.get(text)
+        if value is None:
+            value = msgspec.json.decode(text)
+            if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+                value = [float(v) for v in value]
+            if len(self.values) < self.size:
+                self.values[text] = value
+        return value
 
 
 def read_log_file(path: str) -> BanditLog:

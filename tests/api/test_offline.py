@@ -277,7 +277,7 @@ def test_cli_evaluate_a_slot_and_a_file(service, tmp_path, capsys) -> None:
     assert main(["--database-url", url, "export", "--slot", SLOT, "--format", "dsjson", "--output", str(path)]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--log", str(path), "--default-block", "b0", "--candidate", "good={}",
-                 "--interval", "bootstrap"]) == 0
+                 "--estimator", "snips", "--interval", "bootstrap"]) == 0
     table = capsys.readouterr().out
     assert "recommendation:" in table and "bootstrap" in table
     assert main(["evaluate", "--log", str(path), "--candidate", 'bad={"epsilon": 3}']) == 2
