@@ -361,8 +361,13 @@ def test_catalog_changes(service, learner_for) -> None:
 # --------------------------------------------------------------------------- learning on the simulated world
 
 
-def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path) -> None:
-    """20,000 decisions of the default vw policy through the service's decide path, the decision log
+@pytest.mark.parametrize(("n", "last", "min_gap", "beat_best_fixed"), [
+    pytest.param(20_000, 5_000, 0.6, True, marks=pytest.mark.slow),  # the issue's evidence (~30 s)
+    (6_000, 1_500, 0.4, True),  # CI-sized
+])
+def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path, n: int, last: int, min_gap: float,
+                                              beat_best_fixed: bool) -> None:
+    """n decisions of the default vw policy through the service's decide path, the decision log
     and the learner (one step per 500 decisions, then a hot swap), against the world's truth."""
     from litestar.testing import TestClient
 
@@ -385,7 +390,7 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path) -> None:
         learner = Learner(engine, LearnerSettings(safety_margin_s=0.0, snapshot_every=500, batch_size=500))
         slot_ids = [c.id for c in registry.slots["sim"].candidates]
         assert slot_ids == [b.id for b in world.catalog]
-        n, batch = 20_000, 500
+        batch = 500
         rng = np.random.default_rng(5)
         visitors = list(world.visitors(n))
         policy_reward = np.empty(n)
@@ -396,7 +401,8 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path) -> None:
             rewards = []
             for i in range(start, start + batch):
                 visitor = visitors[i]
-                request = decode(msgspec.json.encode(visitor.request_body()), DecideRequest)
+                body = visitor.request_body(event_id=f"sim-{i}")  # fixed event ids: fixed sampling draws
+                request = decode(msgspec.json.encode(body), DecideRequest)
                 facts = decider.facts(request, {k.lower(): v for k, v in visitor.headers().items()}, None)
                 row = decider.decide(slot, request, facts)
                 writer.submit(row)
@@ -412,17 +418,17 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path) -> None:
                     connection.execute(insert(Reward), rewards)
             learner.step()
             registry.refresh()  # the hot swap a worker's poll does
-        last = slice(n - 5000, n)
-        policy = float(policy_reward[last].mean())
-        uniform = float(expected_all[last].mean())
-        oracle = float(expected_all[last].max(axis=1).mean())
-        best_fixed = float(expected_all[last].mean(axis=0).max())
+        window = slice(n - last, n)
+        policy = float(policy_reward[window].mean())
+        uniform = float(expected_all[window].mean())
+        oracle = float(expected_all[window].max(axis=1).mean())
+        best_fixed = float(expected_all[window].mean(axis=0).max())
         gap = (policy - uniform) / (oracle - uniform)
-        print(f"last 5000: policy {policy:.4f} uniform {uniform:.4f} best fixed {best_fixed:.4f} "
+        print(f"{n} decisions, last {last}: policy {policy:.4f} uniform {uniform:.4f} best fixed {best_fixed:.4f} "
               f"oracle {oracle:.4f} gap closed {gap:.3f}; model versions {min(versions)}..{max(versions)}")
-        assert len(versions) >= 30  # a new model every 500 decisions, served by the next ones
-        assert policy > uniform + 0.5 * (oracle - uniform)
-        assert policy > best_fixed + 0.01
-        assert gap > 0.6
+        assert len(versions) >= n // batch - 2  # a new model every 500 decisions, served by the next ones
+        assert gap > min_gap
+        if beat_best_fixed:
+            assert policy > best_fixed + 0.01
         metrics = latest_metrics(sqlite_url)
         assert metrics["decisions_learned"] == n
