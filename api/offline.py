@@ -219,8 +219,8 @@ def load_log(
         candidates, ids = known
         if candidates is None:
             missing += 1
-            key = tuple(ids)
-            candidates = bare.setdefault(key, tuple(Candidate(i) for i in key))
+            id_key = tuple(ids)
+            candidates = bare.setdefault(id_key, tuple(Candidate(i) for i in id_key))
         records.append({
             "event_id": row.event_id,
             "timestamp": created.timestamp(),
