@@ -238,3 +238,26 @@ def test_standard_candidates_are_valid_vw_configurations() -> None:
     assert "no-interactions" in STANDARD_CANDIDATES and len(STANDARD_CANDIDATES) >= 6
     for config in STANDARD_CANDIDATES.values():
         assert "--cb_explore_adf" in config.to_args()
+
+
+def test_estimates_equal_the_estimators_own_and_series_ends_at_them(
+    strong: tuple[BanditLog, np.ndarray, Evaluation],
+) -> None:
+    """One cross-fitted reward model serves every policy: same numbers as a direct ``estimate`` call."""
+    from analysis.estimators import EventData, estimate
+    from analysis.replay import fixed_target, uniform_target
+
+    log, _, evaluation = strong
+    data = EventData.from_log(log, context_matrix(log))
+    for name, target in (("baseline", fixed_target(log, CATALOG[0].id)), ("uniform", uniform_target(log))):
+        direct = estimate(data, target, "dr", "normal", 0.95, seed=0, reward_range=(0.0, 1.0))
+        got = evaluation.policy(name).estimate
+        assert (got.value, got.ci_low, got.ci_high) == pytest.approx((direct.value, direct.ci_low, direct.ci_high))
+    last = evaluation.series[-1]
+    for policy in evaluation.policies:
+        assert last.values[policy.name][0] == pytest.approx(policy.estimate.value)
+    # a ratio estimator's series is re-estimated on each prefix, and ends at the whole-log value too
+    snips = evaluate(log.subset(np.arange(800)), {}, online_model=None, default_block=CATALOG[0].id, method="snips",
+                     time_buckets="hour")
+    assert len(snips.series) > 3
+    assert snips.series[-1].values["baseline"][0] == pytest.approx(snips.policy("baseline").estimate.value)
