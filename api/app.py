@@ -34,6 +34,7 @@ from api.decide import Decider, response_from_row, unit_key
 from api.errors import ApiError, exception_handlers, msgspec_field
 from api.log_writer import LogWriter
 from api.metrics import Metrics
+from api.periodic import Periodic
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
 from bandits.context import RequestFacts, derive_context
@@ -420,19 +421,11 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             if hasattr(module, "startup"):
                 await module.startup(app)
 
-        async def poll() -> None:
-            while True:
-                await asyncio.sleep(settings.reload_interval_s)
-                try:
-                    await asyncio.to_thread(registry.refresh)
-                except Exception:  # noqa: BLE001 - keep serving the last known state
-                    log.exception("registry refresh failed")
-
-        poller = asyncio.create_task(poll())
+        poller = Periodic("registry-refresh", settings.reload_interval_s, registry.refresh).start()
         try:
             yield
         finally:
-            poller.cancel()
+            await asyncio.to_thread(poller.stop)
             for module in reversed(extensions):
                 if hasattr(module, "shutdown"):
                     await module.shutdown(app)

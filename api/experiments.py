@@ -81,9 +81,10 @@ from analysis.experiments import (
 from api import schemas
 from api.auth import require_admin
 from api.db.experiment_models import Experiment, ExperimentArm
-from api.db.models import CatalogVersion, Policy, Slot, Snapshot, utcnow
+from api.db.models import CatalogVersion, Decision, Policy, Reward, Slot, Snapshot, utcnow
 from api.decide import ArmAssignment, event_token
 from api.errors import ApiError, msgspec_field
+from api.periodic import Periodic
 from api.registry import SlotState
 from bandits.errors import InvalidPolicy
 from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser, check_against_catalog
@@ -467,100 +468,316 @@ class ExperimentData:
     excluded: int            # deferred decisions never activated
 
 
+# Column transfer. Fetching 1,000,000 rows through the DB-API costs about a second per few
+# columns on this machine (a Python object per value); instead the database joins each column
+# of the experiment's decisions, in log order, into one string (SQLite ``group_concat``,
+# PostgreSQL ``string_agg``) and numpy splits and encodes it without a Python loop per row.
+_SEP = 0x1F  # ASCII unit separator between values; a value containing it sends the column to the slow path
+_REPORT_INDEX = "ix_decisions_experiment_report"  # migration 0005: covers every column the scan reads
+
+
 def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
     width = 13 if bucket == "hour" else 10
     if dialect == "sqlite":
         return {
             "ph": "?",
+            "agg": "group_concat({value}, {sep})",
+            "sep": "char(31)",
+            "int": "{value}",
+            "bool": "{value}",
             "epoch_d": "(julianday(d.created_at) - 2440587.5) * 86400.0",
             "epoch_r": "(julianday(rw.created_at) - 2440587.5) * 86400.0",
-            "device": "json_extract(d.context, '$.device.type')",
-            "country": "json_extract(d.context, '$.location.country')",
-            "daypart": "json_extract(d.context, '$.time.daypart')",
             "bucket": f"substr(d.created_at, 1, {width})",
+            "scan": f"decisions d INDEXED BY {_REPORT_INDEX}",
+            "rewards_first": "rewards rw CROSS JOIN decisions d",  # SQLite: CROSS JOIN fixes the loop order
+            "decisions_first": "decisions d CROSS JOIN rewards rw",
         }
     fmt = "YYYY-MM-DD HH24" if bucket == "hour" else "YYYY-MM-DD"
     return {
         "ph": "%s",
+        "agg": "string_agg({value}, {sep} ORDER BY d.seq)",
+        "sep": "chr(31)",
+        "int": "({value})::text",
+        "bool": "({value})::int",
         "epoch_d": "extract(epoch from d.created_at)",
         "epoch_r": "extract(epoch from rw.created_at)",
-        "device": "(d.context -> 'device' ->> 'type')",
-        "country": "(d.context -> 'location' ->> 'country')",
-        "daypart": "(d.context -> 'time' ->> 'daypart')",
         "bucket": f"to_char(d.created_at AT TIME ZONE 'UTC', '{fmt}')",
+        "scan": "decisions d",
+        "rewards_first": "rewards rw JOIN decisions d",  # PostgreSQL's planner picks the join order
+        "decisions_first": "decisions d JOIN rewards rw",
     }
 
 
-_QUERY = """
-WITH r AS (
-  SELECT rw.event_id AS event_id, SUM(rw.value) AS s, MAX(rw.value) AS mx, MIN(rw.id) AS first_id
-  FROM rewards rw JOIN decisions d ON d.event_id = rw.event_id
-  WHERE d.experiment_id = {ph} AND {epoch_r} <= {epoch_d} + {ph}
-  GROUP BY rw.event_id
-)
-SELECT d.arm, COALESCE(d.unit_key, d.event_id), d.fallback, d.deferred,
-       CASE WHEN a.event_id IS NULL THEN 0 ELSE 1 END,
-       r.s, r.mx, (SELECT value FROM rewards WHERE id = r.first_id),
-       {device}, {country}, {daypart}, {bucket}
-FROM decisions d
-LEFT JOIN r ON r.event_id = d.event_id
-LEFT JOIN activations a ON a.event_id = d.event_id
-WHERE d.experiment_id = {ph}
-ORDER BY d.seq
-"""
+def _main_query(parts: Mapping[str, str]) -> str:
+    """One row: count, then the experiment's decisions column by column in log order (seq)."""
+    agg, sep, flag = parts["agg"], parts["sep"], parts["bool"]
+    flags = (f"{flag.format(value='d.fallback')} + 2 * {flag.format(value='d.deferred')} + 4 * "
+             f"{flag.format(value='EXISTS (SELECT 1 FROM activations a WHERE a.event_id = d.event_id)')}")
+    columns = [
+        agg.format(value=parts["int"].format(value="d.seq"), sep="','"),
+        agg.format(value=parts["int"].format(value=flags), sep="''"),
+        agg.format(value="COALESCE(d.unit_key, '')", sep=sep),
+        agg.format(value="COALESCE(d.arm, '')", sep=sep),
+        agg.format(value="COALESCE(d.device_type, 'unknown')", sep=sep),
+        agg.format(value="COALESCE(d.country, 'unknown')", sep=sep),
+        agg.format(value="COALESCE(d.daypart, 'unknown')", sep=sep),
+        agg.format(value=parts["bucket"], sep=sep),
+    ]
+    return (f"SELECT count(*), {', '.join(columns)} FROM {parts['scan']} "
+            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+
+
+def _reward_query(parts: Mapping[str, str], rewards_first: bool) -> str:
+    """Every reward of the experiment's decisions that arrived within the window: (seq, reward id, value)."""
+    source = parts["rewards_first"] if rewards_first else parts["decisions_first"]
+    ph = parts["ph"]
+    return (f"SELECT d.seq, rw.id, rw.value FROM {source} ON d.event_id = rw.event_id "
+            f"WHERE d.experiment_id = {ph} AND d.seq <= {ph} AND {parts['epoch_r']} <= {parts['epoch_d']} + {ph}")
+
+
+@dataclass(frozen=True)
+class _Strings:
+    """The ``n`` values of a separator-joined column as a zero-padded byte matrix."""
+
+    buf: np.ndarray      # the joined bytes
+    starts: np.ndarray   # (n,) offset of each value
+    lengths: np.ndarray  # (n,) byte length of each value
+    matrix: np.ndarray   # (n, w) uint8, w a multiple of 8, values left-aligned and zero-padded
+
+    @classmethod
+    def split(cls, blob: bytes, n: int) -> _Strings | None:
+        """None when the blob does not hold exactly ``n`` separated values (a value contains the separator)."""
+        buf = np.frombuffer(blob, dtype=np.uint8)
+        ends = np.flatnonzero(buf == _SEP)
+        if ends.size != n - 1:
+            return None
+        starts = np.empty(n, dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends + 1
+        stops = np.empty(n, dtype=np.int64)
+        stops[:-1] = ends
+        stops[-1] = buf.size
+        lengths = stops - starts
+        longest = int(lengths.max())
+        width = max(8, -(-longest // 8) * 8)
+        matrix = np.zeros((n, width), dtype=np.uint8)
+        if longest and int(lengths.min()) == longest:  # fixed width (unit keys): a strided view, no gather
+            matrix[:, :longest] = np.append(buf, np.uint8(_SEP)).reshape(n, longest + 1)[:, :longest]
+        else:
+            for j in range(longest):
+                rows = np.flatnonzero(lengths > j)
+                matrix[rows, j] = buf[starts[rows] + j]
+        return cls(buf, starts, lengths, matrix)
+
+    def label(self, row: int) -> str:
+        start = int(self.starts[row])
+        return bytes(self.buf[start:start + int(self.lengths[row])]).decode("utf-8")
+
+
+def _first_seen_codes(*columns: _Strings) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of the rows' value tuples, numbered in order of first appearance.
+
+    Returns ``(codes, first_row)``: ``codes[i]`` of row ``i`` and the first row of each code.
+    Rows are grouped by a 64-bit hash of their bytes and lengths, then every row is checked
+    byte for byte against its group's first row, so the codes are exact (a hash collision
+    falls back to an exact sort of the raw bytes).
+    """
+    n = columns[0].lengths.size
+    words = np.concatenate([c.matrix.view("<u8") for c in columns] +
+                           [np.stack([c.lengths.astype(np.uint64) for c in columns], axis=1)], axis=1)
+    h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for k in range(words.shape[1]):  # multiply-xorshift mixing (wrapping uint64 arithmetic)
+        h = (h ^ words[:, k]) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    order = np.argsort(h, kind="stable")
+    ordered = h[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    group = np.cumsum(new) - 1
+    firsts = order[new]  # stable sort: the first row of each group
+    same = np.flatnonzero(~new)
+    if same.size and not np.array_equal(words[order[same]], words[firsts[group[same]]]):
+        keys = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").ravel()
+        _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        order, group = np.arange(n), inverse.ravel()
+    rank = np.empty(firsts.size, dtype=np.int64)
+    by_first = np.argsort(firsts)
+    rank[by_first] = np.arange(firsts.size)
+    codes = np.empty(n, dtype=np.int64)
+    codes[order] = rank[group]
+    return codes, firsts[by_first]
+
+
+def _coded(column: _Strings) -> tuple[np.ndarray, tuple[str, ...]]:
+    codes, first = _first_seen_codes(column)
+    return codes, tuple(column.label(int(r)) for r in first)
+
+
+def _unit_codes(column: _Strings) -> np.ndarray:
+    """Unit codes in order of first appearance; an empty key (no unit id: the event is the unit) is its own unit."""
+    codes, first = _first_seen_codes(column)
+    n = codes.size
+    first_row = first[codes]
+    own = np.flatnonzero(column.lengths == 0)
+    first_row[own] = own
+    distinct = first_row == np.arange(n)
+    return (np.cumsum(distinct) - 1)[first_row]
 
 
 def _codes(values: Sequence[Any], order: Sequence[str] = ()) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer codes of string values (None -> "unknown"), labels in ``order`` first, then by count."""
+    """Integer codes of string values (None -> "unknown") in order of first appearance (the slow path)."""
     index: dict[Any, int] = {}
     codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
     labels = ["unknown" if v is None else str(v) for v in index]
     return codes, tuple(labels)
 
 
-def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
-                          bucket: str = "day") -> ExperimentData:
-    """Pull the experiment's decisions once (one query) and encode them as numpy columns."""
-    parts = _sql_parts(connection.dialect.name, bucket)
-    sql = _QUERY.format(**parts)
-    raw = connection.connection.driver_connection
-    cursor = raw.cursor()  # type: ignore[union-attr]
+def _column(blob: bytes, n: int, unit: bool = False) -> tuple[np.ndarray, tuple[str, ...]]:
+    strings = _Strings.split(blob, n)
+    if strings is None:  # a value holds the separator: split in Python on the known lengths instead
+        raise _SlowPath
+    if unit:
+        return _unit_codes(strings), ()
+    return _coded(strings)
+
+
+class _SlowPath(Exception):
+    """A joined column cannot be split back into its values; fetch rows instead."""
+
+
+def _text(value: Any) -> bytes:
+    return b"" if value is None else value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _fetch_columns(raw: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[bytes]]:
+    cursor = raw.cursor()
     try:
-        cursor.execute(sql, (experiment_id, float(slot["reward_window_s"]), experiment_id))
-        rows = cursor.fetchall()
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
     finally:
         cursor.close()
-    if rows:
-        (arm_col, unit_col, fallback, deferred, activated, r_sum, r_max, r_first,
-         device, country, daypart, buckets) = zip(*rows, strict=True)
-    else:
-        arm_col = unit_col = fallback = deferred = activated = r_sum = r_max = r_first = ()
-        device = country = daypart = buckets = ()
-    n = len(rows)
-    activated_a = np.fromiter(activated, dtype=bool, count=n)
-    shown = ~np.fromiter(deferred, dtype=bool, count=n) | activated_a
+    return int(row[0]), [_text(v) for v in row[1:]]
+
+
+def _fetch_rows(raw: Any, sql: str, params: Sequence[Any]) -> list[Any]:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _rows_query(parts: Mapping[str, str]) -> str:
+    """The slow path: the same columns as rows (used only when a value contains the separator)."""
+    return (f"SELECT d.seq, COALESCE(d.unit_key, ''), COALESCE(d.arm, ''), COALESCE(d.device_type, 'unknown'), "
+            f"COALESCE(d.country, 'unknown'), COALESCE(d.daypart, 'unknown'), {parts['bucket']} "
+            f"FROM {parts['scan']} WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq")
+
+
+def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
+                          bucket: str = "day") -> ExperimentData:
+    """Pull the experiment's decisions (one scan) and their windowed rewards; encode them as numpy columns.
+
+    Rows are the experiment's decisions up to the largest ``seq`` seen when the pull starts, in log
+    order. Per decision: arm, unit (``unit_key``, else the event), fallback and deferred flags,
+    activation (an ``EXISTS`` probe), device type, country and day part (the columns of migration
+    0005; missing -> "unknown"), time bucket. Rewards arrive as (seq, reward id, value) rows of the
+    rewards received within ``reward_window_s`` of their decision and are aggregated here with the
+    slot's rule in reward-id order: ``sum``, ``max``, or ``first`` (lowest id); then clipped to the
+    reward range; the slot's default reward when none came (the learner's rule).
+    """
+    dialect = connection.dialect.name
+    parts = _sql_parts(dialect, bucket)
+    raw = connection.connection.driver_connection
+    sqlite = dialect == "sqlite"
+    top = connection.execute(select(func.max(Decision.seq)).where(Decision.experiment_id == experiment_id)).scalar()
+    top = int(top) if top is not None else 0
+    factory = raw.text_factory if sqlite else None  # type: ignore[union-attr]
+    if sqlite:
+        raw.text_factory = bytes  # type: ignore[union-attr]  # no str decoding of the joined columns
+    try:
+        n, blobs = _fetch_columns(raw, _main_query(parts), (experiment_id, top))
+        if n:
+            seq = np.array(blobs[0].split(b","), dtype=np.int64) if n < 64 else \
+                np.fromstring(blobs[0], dtype=np.int64, sep=",")
+            flags = np.frombuffer(blobs[1], dtype=np.uint8) - ord("0")
+            try:
+                units, _ = _column(blobs[2], n, unit=True)
+                arm_codes, arm_labels = _column(blobs[3], n)
+                segments = {name: _column(blob, n) for name, blob in zip(SEGMENT_DIMENSIONS, blobs[4:7], strict=True)}
+                bucket_codes, bucket_labels = _column(blobs[7], n)
+            except _SlowPath:
+                rows = _fetch_rows(raw, _rows_query(parts), (experiment_id, top))
+                (_, unit_col, arm_col, device, country, daypart, buckets) = (
+                    [v.decode("utf-8") if isinstance(v, bytes) else v for v in column]
+                    for column in zip(*rows, strict=True))
+                units = _codes([u if u else object() for u in unit_col])[0]  # no unit id: its own unit
+                arm_codes, arm_labels = _codes(arm_col)
+                segments = {"device_type": _codes(device), "country": _codes(country), "day_part": _codes(daypart)}
+                bucket_codes, bucket_labels = _codes(buckets)
+            # reward rows: scan the rewards when they are fewer than the decisions, else probe per decision
+            bounds = connection.execute(select(func.min(Reward.id), func.max(Reward.id))).one()
+            rewards_first = bounds[0] is not None and (bounds[1] - bounds[0] + 1) <= n
+            reward_rows = _fetch_rows(raw, _reward_query(parts, rewards_first),
+                                      (experiment_id, top, float(slot["reward_window_s"])))
+        else:
+            reward_rows = []
+    finally:
+        if sqlite:
+            raw.text_factory = factory  # type: ignore[union-attr]
+    if not n:
+        empty = np.zeros(0, dtype=np.int64)
+        return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
+                              activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
+                              segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
+                              bucket_labels=(), excluded=0)
+    if seq.size != n or flags.size != n:
+        raise RuntimeError("the decision columns of the report do not line up")
+    if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every value above was encoded in this order
+        raise RuntimeError("the report scan did not return decisions in log order")
+    reward, rewarded = _aggregate_rewards(seq, reward_rows, slot)
+    activated = (flags & 4) > 0
+    shown = ((flags & 2) == 0) | activated
     excluded = int(n - shown.sum())
     arm_index = {name: i for i, name in enumerate(arms)}
-    arm_a = np.fromiter((arm_index.get(a, -1) for a in arm_col), dtype=np.int64, count=n)
+    arm_a = np.array([arm_index.get(label, -1) for label in arm_labels], dtype=np.int64)[arm_codes]
     keep = shown & (arm_a >= 0)
-    aggregation = slot["reward_aggregation"]
-    column = {"sum": r_sum, "max": r_max, "first": r_first}.get(aggregation, r_sum)
-    raw_reward = np.array(column, dtype=np.float64) if n else np.zeros(0)  # None -> nan
-    rewarded = ~np.isnan(raw_reward)
-    reward = np.where(rewarded, np.clip(raw_reward, slot["reward_min"], slot["reward_max"]), slot["default_reward"])
-    units, _ = _codes(unit_col)
-    segments = {
-        "device_type": _codes(device),
-        "country": _codes(country),
-        "day_part": _codes(daypart),
-    }
-    bucket_codes, bucket_labels = _codes(buckets)  # rows are in seq order: first-seen order is chronological
-    segments = {k: (codes[keep], labels) for k, (codes, labels) in segments.items()}
     return ExperimentData(
         arm=arm_a[keep], unit=units[keep], reward=reward[keep], rewarded=rewarded[keep],
-        activated=activated_a[keep], fallback=np.fromiter(fallback, dtype=bool, count=n)[keep],
-        segments=segments, bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=excluded,
+        activated=activated[keep], fallback=((flags & 1) > 0)[keep],
+        segments={k: (codes[keep], labels) for k, (codes, labels) in segments.items()},
+        bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=excluded,
     )
+
+
+def _aggregate_rewards(seq: np.ndarray, rows: Sequence[Any], slot: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per decision: the aggregated, clipped reward (default when none came) and whether any came."""
+    n = seq.size
+    rewarded = np.zeros(n, dtype=bool)
+    reward = np.full(n, float(slot["default_reward"]))
+    if not rows:
+        return reward, rewarded
+    r_seq = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    r_id = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    value = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+    position = np.searchsorted(seq, r_seq)
+    found = (position < n) & (seq[np.minimum(position, n - 1)] == r_seq)
+    order = np.lexsort((r_id[found], position[found]))
+    position, value = position[found][order], value[found][order]
+    start = np.flatnonzero(np.r_[True, position[1:] != position[:-1]])
+    at = position[start]
+    aggregation = slot["reward_aggregation"]
+    if aggregation == "max":
+        total = np.maximum.reduceat(value, start)
+    elif aggregation == "first":
+        total = value[start]
+    else:  # sum, in reward-id order
+        total = np.bincount(position, weights=value, minlength=n)[at]
+    rewarded[at] = True
+    reward[at] = np.clip(total, slot["reward_min"], slot["reward_max"])
+    return reward, rewarded
 
 
 def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int) -> list[ArmStats]:
@@ -600,7 +817,6 @@ def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot
         from analysis.estimators import EstimatorError, EventData, estimate
     except ImportError as error:  # pragma: no cover - the offline evaluation issue provides them
         return {"available": False, "reason": f"offline estimates unavailable: {error}"}
-    from api.db.models import Decision
 
     rows = connection.execute(
         select(Decision.candidate_ids, Decision.pmf, Decision.chosen_index, Decision.context, Decision.catalog_version,
@@ -701,8 +917,6 @@ def _chooser(policies: Mapping[str, Any] | None, name: str, connection: Connecti
 
 
 def _event_rewards(connection: Connection, event_ids: Sequence[str], slot: Mapping[str, Any]) -> np.ndarray:
-    from api.db.models import Reward
-
     values: dict[str, list[float]] = {}
     for start in range(0, len(event_ids), 500):
         chunk = event_ids[start:start + 500]
@@ -1038,21 +1252,13 @@ async def startup(app: Any) -> None:
 
         state.demo_key = await asyncio.to_thread(create_key, state.engine, "decide", "demo page")
 
-    async def poll() -> None:
-        while True:
-            await asyncio.sleep(state.settings.reload_interval_s)
-            try:
-                await asyncio.to_thread(book.refresh)
-            except Exception:  # noqa: BLE001 - keep the last known experiments
-                log.exception("experiment refresh failed")
-
-    state.experiment_poller = asyncio.create_task(poll())
+    state.experiment_poller = Periodic("experiment-refresh", state.settings.reload_interval_s, book.refresh).start()
 
 
 async def shutdown(app: Any) -> None:
     poller = getattr(app.state, "experiment_poller", None)
     if poller is not None:
-        poller.cancel()
+        await asyncio.to_thread(poller.stop)
 
 
 # ----------------------------------------------------------------------------- CLI

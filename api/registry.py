@@ -145,12 +145,15 @@ class Registry:
         row = connection.execute(select(Policy.__table__).where(Policy.name == name)).mappings().one()
         config = PolicyConfig.from_dict(row["config"])
         model: bytes | None = None
+        trained: bool | None = None
         if config.kind == "vw" and version:
-            model = connection.execute(
-                select(Snapshot.model).where(Snapshot.policy_name == name, Snapshot.version == version)
-            ).scalar_one()
+            model, metrics = connection.execute(
+                select(Snapshot.model, Snapshot.metrics).where(Snapshot.policy_name == name, Snapshot.version == version)
+            ).one()
+            if isinstance(metrics, dict) and metrics.get("trained") is False:
+                trained = False  # a reset: fresh bytes that have learned nothing
         try:
-            chooser = build_chooser(config, model)
+            chooser = build_chooser(config, model, trained=trained)
         except Exception:  # a broken snapshot must not take the slot down: serve untrained
             log.exception("cannot load model %s v%s; serving it untrained", name, version)
             chooser = build_chooser(config)

@@ -387,8 +387,11 @@ def _workspace_from_bytes(config: VWConfig, model: bytes) -> vowpalwabbit.Worksp
         os.unlink(path)
 
 
-def build_chooser(config: PolicyConfig, model: bytes | None = None) -> Chooser:
-    """The chooser for a policy config; ``vw`` starts from ``model`` when given."""
+def build_chooser(config: PolicyConfig, model: bytes | None = None, *, trained: bool | None = None) -> Chooser:
+    """The chooser for a policy config; ``vw`` starts from ``model`` when given.
+
+    ``trained=False`` marks a model that has learned nothing yet (a reset snapshot): it
+    serves uniformly and says so, whatever bytes it holds."""
     if config.kind == "uniform":
         return UniformPolicy()
     if config.kind == "fixed":
@@ -396,7 +399,7 @@ def build_chooser(config: PolicyConfig, model: bytes | None = None) -> Chooser:
         return FixedPolicy(config.block)
     if config.kind == "vw":
         assert config.vw is not None
-        return VWPolicy(config.vw, model)
+        return VWPolicy(config.vw, model, trained=trained)
     if config.kind == "rules":
         from bandits.rules import RulesPolicy  # the rules kind lives in its own module
 

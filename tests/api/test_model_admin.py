@@ -55,6 +55,10 @@ def test_export_import_reset_rollback(trained) -> None:
     assert r.status_code == 201 and r.json()["version"] == 2
     r = c.post(f"/v1/policies/{SLOT}/reset", headers=admin)
     assert r.status_code == 201 and r.json()["version"] == 3
+    # the reset model serves uniformly and its decisions say it is untrained
+    d = c.post(f"/v1/slots/{SLOT}/decide", json={}, headers=trained.decider).json()
+    assert d["model_version"] == 3 and d["probability"] == 1 / 3
+    assert c.get(f"/v1/events/{d['event_id']}", headers=admin).json()["trained"] is False
     r = c.post(f"/v1/policies/{SLOT}/rollback", json={"version": 1}, headers=admin)
     assert r.status_code == 201 and r.json()["version"] == 4
     rows = snapshots(trained.database_url)
