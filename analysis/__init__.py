@@ -35,65 +35,19 @@ importance), :mod:`analysis.dsjson` and :mod:`analysis.tabular` (interchange),
 ``Comparison`` is exported here as ``ExperimentComparison``).
 
 This package imports numpy, scipy, statsmodels and vowpalwabbit only (pyarrow
-when Parquet is used): never litestar, sqlalchemy or ``api``.
+when Parquet is used): never litestar, sqlalchemy or ``api``. The names are
+loaded on first use (PEP 562), so that ``import analysis.experiments`` (the
+service's report path) does not pay for statsmodels. ``analysis.compare`` is
+the module (paired comparisons: ``analysis.compare.compare(...)``,
+``analysis.paired_difference``); ``analysis.replay`` is the function (the
+module shares its name; ``from analysis.replay import ...`` still works).
 """
 
 from __future__ import annotations
 
-from analysis.compare import Comparison, compare, paired_difference
-from analysis.dsjson import FormatError, read_dsjson, write_dsjson
-from analysis.estimators import (
-    IPS,
-    METHODS,
-    SNIPS,
-    Diagnostics,
-    DirectMethod,
-    DoublyRobust,
-    Estimate,
-    EstimatorError,
-    EventData,
-    Replay,
-    RewardModel,
-    RidgeRewardModel,
-    SwitchDR,
-    contributions,
-    diagnose,
-    estimate,
-    make_estimator,
-)
-from analysis.evaluation import (
-    STANDARD_CANDIDATES,
-    EvaluatedPolicy,
-    Evaluation,
-    EvaluationError,
-    EvaluationPoint,
-    Recommendation,
-    evaluate,
-    recommend,
-    render_table,
-)
-from analysis.experiments import (
-    AnalysisConfig,
-    ArmResult,
-    ArmStats,
-    ExperimentError,
-    ExperimentResult,
-    PowerAnalysis,
-    RatioStatistic,
-    SampleMeanStatistic,
-    SampleRatioCheck,
-    SegmentBreakdown,
-    SeriesPoint,
-    TimeSeries,
-    analyze_experiment,
-    analyze_segments,
-    cumulative_series,
-    power_analysis,
-    sample_ratio_check,
-)
-from analysis.experiments import Comparison as ExperimentComparison
-from analysis.health import HealthRow, LoggingHealth, check_logging
-from analysis.intervals import Interval, bernstein_interval, bootstrap_interval, normal_interval
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from analysis.log import BanditLog, LogError
 from analysis.replay import (
     FeatureImportance,
@@ -109,7 +63,144 @@ from analysis.replay import (
     snips_value,
     uniform_target,
 )
-from analysis.tabular import read_csv, read_obd_csv, read_parquet, write_csv, write_parquet
+
+if TYPE_CHECKING:
+    from analysis.compare import Comparison, paired_difference
+    from analysis.dsjson import FormatError, read_dsjson, write_dsjson
+    from analysis.estimators import (
+        IPS,
+        METHODS,
+        SNIPS,
+        Diagnostics,
+        DirectMethod,
+        DoublyRobust,
+        Estimate,
+        EstimatorError,
+        EventData,
+        Replay,
+        RewardModel,
+        RidgeRewardModel,
+        SwitchDR,
+        contributions,
+        diagnose,
+        estimate,
+        make_estimator,
+    )
+    from analysis.evaluation import (
+        STANDARD_CANDIDATES,
+        EvaluatedPolicy,
+        Evaluation,
+        EvaluationError,
+        EvaluationPoint,
+        Recommendation,
+        evaluate,
+        recommend,
+        render_table,
+    )
+    from analysis.experiments import (
+        AnalysisConfig,
+        ArmResult,
+        ArmStats,
+        ExperimentError,
+        ExperimentResult,
+        PowerAnalysis,
+        RatioStatistic,
+        SampleMeanStatistic,
+        SampleRatioCheck,
+        SegmentBreakdown,
+        SeriesPoint,
+        TimeSeries,
+        analyze_experiment,
+        analyze_segments,
+        cumulative_series,
+        power_analysis,
+        sample_ratio_check,
+    )
+    from analysis.experiments import Comparison as ExperimentComparison
+    from analysis.health import HealthRow, LoggingHealth, check_logging
+    from analysis.intervals import Interval, bernstein_interval, bootstrap_interval, normal_interval
+    from analysis.tabular import read_csv, read_obd_csv, read_parquet, write_csv, write_parquet
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "AnalysisConfig": ("analysis.experiments", "AnalysisConfig"),
+    "ArmResult": ("analysis.experiments", "ArmResult"),
+    "ArmStats": ("analysis.experiments", "ArmStats"),
+    "Comparison": ("analysis.compare", "Comparison"),
+    "Diagnostics": ("analysis.estimators", "Diagnostics"),
+    "DirectMethod": ("analysis.estimators", "DirectMethod"),
+    "DoublyRobust": ("analysis.estimators", "DoublyRobust"),
+    "Estimate": ("analysis.estimators", "Estimate"),
+    "EstimatorError": ("analysis.estimators", "EstimatorError"),
+    "EvaluatedPolicy": ("analysis.evaluation", "EvaluatedPolicy"),
+    "Evaluation": ("analysis.evaluation", "Evaluation"),
+    "EvaluationError": ("analysis.evaluation", "EvaluationError"),
+    "EvaluationPoint": ("analysis.evaluation", "EvaluationPoint"),
+    "EventData": ("analysis.estimators", "EventData"),
+    "ExperimentComparison": ("analysis.experiments", "Comparison"),
+    "ExperimentError": ("analysis.experiments", "ExperimentError"),
+    "ExperimentResult": ("analysis.experiments", "ExperimentResult"),
+    "FormatError": ("analysis.dsjson", "FormatError"),
+    "HealthRow": ("analysis.health", "HealthRow"),
+    "IPS": ("analysis.estimators", "IPS"),
+    "Interval": ("analysis.intervals", "Interval"),
+    "LoggingHealth": ("analysis.health", "LoggingHealth"),
+    "METHODS": ("analysis.estimators", "METHODS"),
+    "PowerAnalysis": ("analysis.experiments", "PowerAnalysis"),
+    "RatioStatistic": ("analysis.experiments", "RatioStatistic"),
+    "Recommendation": ("analysis.evaluation", "Recommendation"),
+    "Replay": ("analysis.estimators", "Replay"),
+    "RewardModel": ("analysis.estimators", "RewardModel"),
+    "RidgeRewardModel": ("analysis.estimators", "RidgeRewardModel"),
+    "SNIPS": ("analysis.estimators", "SNIPS"),
+    "STANDARD_CANDIDATES": ("analysis.evaluation", "STANDARD_CANDIDATES"),
+    "SampleMeanStatistic": ("analysis.experiments", "SampleMeanStatistic"),
+    "SampleRatioCheck": ("analysis.experiments", "SampleRatioCheck"),
+    "SegmentBreakdown": ("analysis.experiments", "SegmentBreakdown"),
+    "SeriesPoint": ("analysis.experiments", "SeriesPoint"),
+    "SwitchDR": ("analysis.estimators", "SwitchDR"),
+    "TimeSeries": ("analysis.experiments", "TimeSeries"),
+    "analyze_experiment": ("analysis.experiments", "analyze_experiment"),
+    "analyze_segments": ("analysis.experiments", "analyze_segments"),
+    "bernstein_interval": ("analysis.intervals", "bernstein_interval"),
+    "bootstrap_interval": ("analysis.intervals", "bootstrap_interval"),
+    "check_logging": ("analysis.health", "check_logging"),
+    "contributions": ("analysis.estimators", "contributions"),
+    "cumulative_series": ("analysis.experiments", "cumulative_series"),
+    "diagnose": ("analysis.estimators", "diagnose"),
+    "estimate": ("analysis.estimators", "estimate"),
+    "evaluate": ("analysis.evaluation", "evaluate"),
+    "make_estimator": ("analysis.estimators", "make_estimator"),
+    "normal_interval": ("analysis.intervals", "normal_interval"),
+    "paired_difference": ("analysis.compare", "paired_difference"),
+    "power_analysis": ("analysis.experiments", "power_analysis"),
+    "read_csv": ("analysis.tabular", "read_csv"),
+    "read_dsjson": ("analysis.dsjson", "read_dsjson"),
+    "read_obd_csv": ("analysis.tabular", "read_obd_csv"),
+    "read_parquet": ("analysis.tabular", "read_parquet"),
+    "recommend": ("analysis.evaluation", "recommend"),
+    "render_table": ("analysis.evaluation", "render_table"),
+    "sample_ratio_check": ("analysis.experiments", "sample_ratio_check"),
+    "write_csv": ("analysis.tabular", "write_csv"),
+    "write_dsjson": ("analysis.dsjson", "write_dsjson"),
+    "write_parquet": ("analysis.tabular", "write_parquet"),
+}
+"""Public name -> (module, attribute), imported on first access."""
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        if name == "compare":
+            return importlib.import_module("analysis.compare")
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(target[0]), target[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "IPS",
@@ -159,7 +250,6 @@ __all__ = [
     "bootstrap_interval",
     "check_logging",
     "chooser_target",
-    "compare",
     "contributions",
     "cumulative_series",
     "diagnose",

@@ -63,8 +63,6 @@ from msgspec import Meta, Struct
 from sqlalchemy import Engine, Text, cast, insert, select, update
 
 from analysis.dsjson import write_dsjson
-from analysis.estimators import INTERVALS, METHODS
-from analysis.evaluation import STANDARD_CANDIDATES, EvaluationError, evaluate
 from analysis.log import BanditLog
 from analysis.replay import replay
 from analysis.tabular import write_csv, write_parquet
@@ -355,6 +353,8 @@ def candidate_configs(raw: Mapping[str, Any], *, standard: bool = False, field: 
     """Validated ``name -> VWConfig`` (InvalidPolicy fields mapped to ``candidates.<name>.<option>``)."""
     if len(raw) > MAX_CANDIDATES:
         raise ApiError(422, "invalid_request", f"at most {MAX_CANDIDATES} candidates per evaluation", field)
+    from analysis.evaluation import STANDARD_CANDIDATES  # statsmodels: loaded when first evaluating
+
     configs: dict[str, VWConfig] = dict(STANDARD_CANDIDATES) if standard else {}
     for name, options in raw.items():
         if not _CANDIDATE_NAME.match(name):
@@ -376,6 +376,8 @@ def candidate_configs(raw: Mapping[str, Any], *, standard: bool = False, field: 
 
 
 def _validate(engine: Engine, body: EvaluationIn) -> dict[str, Any]:
+    from analysis.estimators import INTERVALS, METHODS
+
     if body.method not in METHODS:
         raise ApiError(422, "invalid_request", f"method must be one of {', '.join(METHODS)}", "method")
     if body.interval not in INTERVALS:
@@ -512,6 +514,8 @@ def run_evaluation(engine: Engine, evaluation_id: int, stop: threading.Event | N
 
 def _evaluate_request(engine: Engine, request: Mapping[str, Any], evaluation_id: int,
                       stop: threading.Event | None) -> dict[str, Any]:
+    from analysis.evaluation import EvaluationError, evaluate
+
     candidates = {name: VWConfig.from_dict(options) for name, options in request["candidates"].items()}
     bandit_log = load_log(engine, request["slot"], since=parse_time(request.get("since"), "since"),
                           until=parse_time(request.get("until"), "until"), limit=request.get("limit"))
@@ -751,6 +755,8 @@ def _parse_candidate(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _evaluate_command(args: argparse.Namespace, settings: Any) -> int:
+    from analysis.evaluation import EvaluationError, evaluate
+
     try:
         raw = dict(_parse_candidate(text) for text in args.candidate or ())
         candidates = candidate_configs(raw, standard=args.standard_candidates, field="--candidate")
@@ -829,13 +835,14 @@ def add_commands(subparsers: Any, command: Callable[[str], Callable[[Any], Any]]
     ev.add_argument("--since")
     ev.add_argument("--until")
     ev.add_argument("--limit", type=int, help="only the newest N decisions (--slot)")
-    ev.add_argument("--estimator", choices=list(METHODS), default="dr")
-    ev.add_argument("--interval", choices=list(INTERVALS), default="normal")
+    ev.add_argument("--estimator", default="dr", help="ips, snips, dm, dr (default), switch_dr or replay")
+    ev.add_argument("--interval", choices=["normal", "bootstrap", "bernstein"], default="normal")
     ev.add_argument("--level", type=float, default=0.95)
     ev.add_argument("--candidate", action="append", metavar="NAME=JSON_VWCONFIG",
                     help='e.g. greedy=\'{"exploration": "epsilon", "epsilon": 0.02}\' (repeatable)')
     ev.add_argument("--standard-candidates", action="store_true",
-                    help=f"add the built-in set: {', '.join(STANDARD_CANDIDATES)}")
+                    help="add the built-in set (analysis.evaluation.STANDARD_CANDIDATES): squarecb gamma 1000/100, "
+                    "epsilon 0.05/0.2, cover, learning rate 0.1, no interactions (a control)")
     ev.add_argument("--default-block", help="the baseline block (default: the slot's; needed for --log)")
     ev.add_argument("--online", choices=["logging", "snapshot"], default="logging",
                     help="the online policy: the logged pmfs (default) or the slot policy's newest snapshot")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ PINNED = [
     "PowerAnalysis", "RatioStatistic", "Recommendation", "Replay", "ReplayResult", "RewardModel",
     "RidgeRewardModel", "SampleMeanStatistic", "SampleRatioCheck", "SegmentBreakdown", "SeriesPoint", "SwitchDR",
     "TimeSeries", "analyze_experiment", "analyze_segments", "bernstein_interval", "bootstrap_interval",
-    "check_logging", "chooser_target", "compare", "contributions", "cumulative_series", "diagnose",
+    "check_logging", "chooser_target", "contributions", "cumulative_series", "diagnose",
     "drop_context", "estimate", "evaluate", "feature_importance", "fixed_target", "logging_target",
     "make_estimator", "normal_interval", "paired_difference", "per_event_target", "power_analysis", "read_csv",
     "read_dsjson", "read_obd_csv", "read_parquet", "recommend", "render_table", "replay", "sample_ratio_check",
@@ -33,8 +34,26 @@ def test_all_is_pinned_and_every_name_resolves() -> None:
     assert analysis.__all__ == PINNED
     for name in analysis.__all__:
         assert getattr(analysis, name) is not None
+    assert set(PINNED) <= set(dir(analysis))
     assert analysis.Comparison.__module__ == "analysis.compare"  # the offline paired comparison
     assert analysis.ExperimentComparison.__module__ == "analysis.experiments"
+    # the two names a submodule shares: compare is the module, replay the function
+    importlib.import_module("analysis.compare")
+    importlib.import_module("analysis.evaluation")  # imports analysis.replay and analysis.compare again
+
+    assert callable(analysis.compare.compare) and analysis.compare.paired_difference is analysis.paired_difference
+    assert callable(analysis.replay) and analysis.replay.__module__ == "analysis.replay"
+    with pytest.raises(AttributeError):
+        analysis.no_such_name  # noqa: B018
+
+
+def test_the_report_path_does_not_load_statsmodels() -> None:
+    """``import analysis.experiments`` (the service's report) stays light: names load on first use."""
+    code = "import sys, analysis.experiments; print(any(m.startswith('statsmodels') for m in sys.modules))"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_import_analysis_loads_no_service_code() -> None:

@@ -282,4 +282,6 @@ def test_cli_evaluate_a_slot_and_a_file(service, tmp_path, capsys) -> None:
     assert "recommendation:" in table and "bootstrap" in table
     assert main(["evaluate", "--log", str(path), "--candidate", 'bad={"epsilon": 3}']) == 2
     assert "epsilon" in capsys.readouterr().err
+    assert main(["evaluate", "--log", str(path), "--estimator", "magic"]) == 2
+    assert "method" in capsys.readouterr().err
     assert main(["--database-url", url, "evaluate", "--slot", "nope"]) == 2
