@@ -557,7 +557,10 @@ class PolicyLearner:
         if not 0 <= chosen < len(candidates) or not 0.0 < probability <= 1.0:
             return "invalid"
         context = row.context or {}
-        key = f"{row.slot_id}:{row.catalog_version}" if row.catalog_version is not None else None
+        # Parsed block examples are reused only for an exact catalog version in catalog order.
+        exact = row.catalog_version is not None and not row.inline_candidates and \
+            list(row.candidate_ids) == [c.id for c in candidates]
+        key = f"{row.slot_id}:{row.catalog_version}" if exact else None
         pmf = self.model.pmf(context, candidates, key)
         reward = aggregate_rewards(values, rules)
         if mode == "apprentice":
@@ -572,14 +575,14 @@ class PolicyLearner:
             top = max(range(len(pmf)), key=pmf.__getitem__)
             if self.model.trained and top == target and all(pmf[target] > p for i, p in enumerate(pmf) if i != target):
                 self.totals.matches += 1
-            self.model.learn(context, candidates, chosen, cost, probability)
+            self.model.learn(context, candidates, chosen, cost, probability, key)
             if chosen == target and len(candidates) > 1:
                 other = (target + 1 + int(row.seq) % (len(candidates) - 1)) % len(candidates)
-                self.model.learn(context, candidates, other, 1.0, 1.0)  # the imitation reward is known for every block
+                self.model.learn(context, candidates, other, 1.0, 1.0, key)  # the imitation reward is known for every block
             learned_reward = imitation
         else:
             cost = cost_from_reward(reward, rules.reward_min, rules.reward_max)
-            self.model.learn(context, candidates, chosen, cost, probability)
+            self.model.learn(context, candidates, chosen, cost, probability, key)
             learned_reward = reward
         self.totals.pv_sum += cost * pmf[chosen] / probability  # IPS cost of the model before the update
         self.totals.learned += 1

@@ -337,21 +337,34 @@ class VWPolicy:
         chosen_index: int,
         cost: float,
         probability: float,
+        catalog_key: str | None = None,
     ) -> None:
-        """One cb_explore_adf update with the label ``0:cost:probability`` on the chosen block."""
+        """One cb_explore_adf update with the label ``0:cost:probability`` on the chosen block.
+
+        With ``catalog_key`` the unchosen blocks reuse parsed examples (as ``pmf`` does);
+        only the shared example and the labelled block are parsed.
+        """
         if not 0 <= chosen_index < len(candidates):
             raise ModelError("chosen index outside the candidate set", field="chosen_index")
-        if not (0.0 < probability <= 1.0) or not math.isfinite(cost):
-            raise ModelError("learning needs 0 < probability <= 1 and a finite cost", field="probability")
         # plain floats: a numpy float would print as np.float64(...), which VW silently ignores
         cost, probability = float(cost), float(probability)
-        lines = [shared_line(context)]
-        for index, candidate in enumerate(candidates):
-            line = action_line(candidate.id, candidate.features)
-            if index == chosen_index:
-                line = f"0:{cost!r}:{probability!r} {line}"
-            lines.append(line)
-        self._ws.learn(lines)
+        if not (0.0 < probability <= 1.0) or not math.isfinite(cost):
+            raise ModelError("learning needs 0 < probability <= 1 and a finite cost", field="probability")
+        chosen = candidates[chosen_index]
+        label = f"0:{cost!r}:{probability!r} {action_line(chosen.id, chosen.features)}"
+        if catalog_key is None:
+            lines = [shared_line(context)]
+            lines += [label if i == chosen_index else action_line(c.id, c.features) for i, c in enumerate(candidates)]
+            self._ws.learn(lines)
+        else:
+            kind = vowpalwabbit.LabelType.CONTEXTUAL_BANDIT
+            actions = list(self._actions(candidates, catalog_key))
+            actions[chosen_index] = self._ws.example(label, kind)
+            multi = [self._ws.example(shared_line(context), kind), *actions]
+            try:
+                self._ws.learn(multi)
+            finally:
+                self._ws.finish_example(multi)
         self.learned_examples += 1
         self._trained = True
 

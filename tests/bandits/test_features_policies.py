@@ -169,3 +169,21 @@ def test_vw_policy_learns_saves_loads_and_cached_examples_agree() -> None:
     restored = VWPolicy(VWConfig(), policy.save())
     assert restored.trained
     assert restored.pmf(_context("mobile"), cands) == pytest.approx(mobile, abs=1e-6)
+
+
+def test_learning_with_cached_block_examples_equals_text_learning() -> None:
+    import random
+
+    cands = [Candidate(f"b{i}", {"category": ["video", "news", "offer"][i % 3], "len": float(i)}) for i in range(8)]
+    text, cached = VWPolicy(VWConfig()), VWPolicy(VWConfig())
+    rng = random.Random(5)
+    for step in range(400):
+        context = _context(rng.choice(["mobile", "desktop", "tablet"]))
+        chosen = rng.randrange(8)
+        cost = float(rng.random() < 0.3)
+        text.learn(context, cands, chosen, cost, 1 / 8)
+        cached.learn(context, cands, chosen, cost, 1 / 8, catalog_key="c1")
+        if step % 50 == 0:  # predictions interleaved with learning share the same cached examples
+            assert cached.pmf(context, cands, catalog_key="c1") == pytest.approx(text.pmf(context, cands), abs=1e-7)
+    for device in ("mobile", "desktop", "tablet"):
+        assert cached.pmf(_context(device), cands) == pytest.approx(text.pmf(_context(device), cands), abs=1e-7)
