@@ -31,7 +31,7 @@ from api.db import queries
 from api.db.engine import make_engine, migrate
 from api.db.models import CatalogVersion, Policy, Slot, utcnow
 from api.decide import Decider, response_from_row, unit_key
-from api.errors import ApiError, exception_handlers, msgspec_field
+from api.errors import ApiError, exception_handlers
 from api.log_writer import LogWriter
 from api.metrics import Metrics
 from api.periodic import Periodic
@@ -46,19 +46,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("slotbandit.app")
 
 
-def _decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
-    try:
-        return schemas.decode(body or b"{}", kind)
-    except msgspec.ValidationError as error:
-        text = str(error)
-        field = msgspec_field(error)
-        for marker in ("unknown field `", "missing required field `"):
-            if marker in text:
-                name = text.split(marker, 1)[1].split("`", 1)[0]
-                field = f"{field}.{name}" if field else name
-        raise ApiError(400, "invalid_request", text, field) from error
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+_decode = schemas.decode_request
 
 
 def _state(request: Request) -> State:  # type: ignore[type-arg]

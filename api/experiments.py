@@ -83,7 +83,7 @@ from api.auth import require_admin
 from api.db.experiment_models import Experiment, ExperimentArm
 from api.db.models import CatalogVersion, Decision, Policy, Reward, Slot, Snapshot, utcnow
 from api.decide import ArmAssignment, event_token
-from api.errors import ApiError, msgspec_field
+from api.errors import ApiError
 from api.periodic import Periodic
 from api.registry import SlotState
 from bandits.errors import InvalidPolicy
@@ -213,19 +213,7 @@ class ExperimentIn(Struct, forbid_unknown_fields=True):
     guardrails: GuardrailsIn | None = None
 
 
-def _decode(body: bytes, kind: type[Struct]) -> Any:
-    try:
-        return schemas.decode(body or b"{}", kind)
-    except msgspec.ValidationError as error:
-        text = str(error)
-        field = msgspec_field(error)
-        for marker in ("unknown field `", "missing required field `"):
-            if marker in text:
-                name = text.split(marker, 1)[1].split("`", 1)[0]
-                field = f"{field}.{name}" if field else name
-        raise ApiError(400, "invalid_request", text, field) from error
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+_decode = schemas.decode_request
 
 
 def _state(request: Request) -> State:  # type: ignore[type-arg]

@@ -7,7 +7,7 @@ after decoding, in the handlers, with the same error shape.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -22,6 +22,7 @@ __all__ = [
     "RewardRequest",
     "SlotRequest",
     "decode",
+    "decode_request",
 ]
 
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -118,6 +119,24 @@ def decode(body: bytes, kind: type[Struct]) -> Struct:
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     return decoder.decode(body)  # type: ignore[no-any-return]
+
+
+def decode_request(body: bytes, kind: type[Struct]) -> Any:
+    """Decode a request body, turning msgspec's errors into a 400 that names the field."""
+    from api.errors import ApiError, msgspec_field
+
+    try:
+        return decode(body or b"{}", kind)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        field = msgspec_field(error)
+        for marker in ("unknown field `", "missing required field `"):
+            if marker in text:
+                name = text.split(marker, 1)[1].split("`", 1)[0]
+                field = f"{field}.{name}" if field else name
+        raise ApiError(400, "invalid_request", text, field) from error
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
 
 
 def vw_options(vw: VWIn | None) -> dict[str, object]:
