@@ -71,7 +71,7 @@ from api.auth import require_admin
 from api.db.evaluation_models import StoredEvaluation
 from api.db.models import Activation, Decision, Policy, Reward, Slot
 from api.db.queries import upsert_policy
-from api.errors import ApiError, msgspec_field
+from api.errors import ApiError
 from api.learner import (
     LearnerSettings,
     SlotRules,
@@ -323,18 +323,7 @@ class ApplyIn(Struct, forbid_unknown_fields=True):
 
 
 def _decode(body: bytes, kind: type[Struct]) -> Any:
-    try:
-        return schemas.decode(body or b"{}", kind)
-    except msgspec.ValidationError as error:
-        text = str(error)
-        field = msgspec_field(error)
-        for marker in ("unknown field `", "missing required field `"):
-            if marker in text:
-                name = text.split(marker, 1)[1].split("`", 1)[0]
-                field = f"{field}.{name}" if field else name
-        raise ApiError(400, "invalid_request", text, field) from error
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+    return schemas.decode_request(body, kind)
 
 
 def parse_time(text: str | None, field: str) -> datetime | None:
