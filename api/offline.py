@@ -322,8 +322,7 @@ class ApplyIn(Struct, forbid_unknown_fields=True):
     force: bool = False
 
 
-def _decode(body: bytes, kind: type[Struct]) -> Any:
-    return schemas.decode_request(body, kind)
+_decode = schemas.decode_request
 
 
 def parse_time(text: str | None, field: str) -> datetime | None:
