@@ -367,20 +367,10 @@ async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg
 
 # Feature modules of the shell. Each may define ROUTES (route handlers) and the async
 # hooks startup(app) / shutdown(app), run after the core state exists / before it goes.
-EXTENSIONS = ("api.learner", "api.model_admin", "api.offline", "api.experiments", "api.dashboard")
+def _extensions() -> tuple[Any, ...]:
+    from api import dashboard, experiments, learner, model_admin, offline
 
-
-def _extensions() -> list[Any]:
-    import importlib
-
-    modules = []
-    for name in EXTENSIONS:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-    return modules
+    return (learner, model_admin, offline, experiments, dashboard)
 
 
 def create_app(settings: ServiceSettings | None = None) -> Litestar:

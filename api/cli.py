@@ -5,6 +5,12 @@
     slotbandit keys create --scope S        create an API key (printed alone on the last line)
     slotbandit purge --older-than DAYS      delete decisions (and their rewards) past retention
     slotbandit demo [--events N] [--exit]   server + demo slot + simulated audience
+    slotbandit learn [--once]               the learner as its own process
+    slotbandit model list|export|import|reset|rollback
+    slotbandit simulate --url --slot --events N
+    slotbandit export --slot S --format dsjson|csv|parquet --output PATH
+    slotbandit evaluate (--log FILE | --slot S) [--candidate NAME=JSON] [--standard-candidates]
+    slotbandit report EXPERIMENT --format md|html|json|csv
 
 ``SLOTBANDIT_DATABASE_URL`` selects the database (default: SQLite under ./var/).
 """
@@ -116,20 +122,10 @@ def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
 
 
 # Feature modules that add subcommands: each defines add_commands(subparsers, command).
-EXTENSIONS = ("api.learner", "api.simulate", "api.offline", "api.experiments")
+def _extensions() -> tuple[object, ...]:
+    from api import experiments, learner, model_admin, offline, simulate
 
-
-def _extensions() -> list[object]:
-    import importlib
-
-    modules = []
-    for name in EXTENSIONS:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-    return modules
+    return (learner, model_admin, simulate, offline, experiments)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -896,6 +896,3 @@ def add_commands(subparsers: Any, command: Callable[[str], Callable[[Any], Any]]
     learn.add_argument("--once", action="store_true", help="learn what is ready, snapshot, and exit")
     learn.add_argument("--log-level", default="info")
     command("learn")(_learn_command)
-    from api import model_admin  # its CLI lives with the learner's (api.cli lists this module)
-
-    model_admin.add_commands(subparsers, command)
