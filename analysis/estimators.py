@@ -50,6 +50,15 @@ bounded under poor overlap; ``switch_tau=inf`` is DR.
 number of candidates: keep the events where the target's (seeded) draw equals
 the logged choice and average their rewards. It refuses non-uniform logs.
 
+**Logs that know only the chosen propensity** (``EventData.chosen_only``, from
+``meta["logging_pmf"] == "chosen_only"``: the Open Bandit Dataset's "bts"
+campaign). Every contribution above except replay's reads mu only through
+w_i = pi_{i,a_i} / p_i, so IPS, SNIPS, DM, DR and switch-DR are unchanged.
+Refused, with an :class:`EstimatorError` on ``logging_pmf``: ``bernstein``
+(its a-priori range needs max_j pi_ij / mu_ij over every candidate) and
+``replay`` (it must verify uniform logging). ``unsupported_mass`` then counts
+only actions never chosen in the log (mu = 0 elsewhere means "unknown").
+
 Flags (``Diagnostics.flags``): ``mean_weight_far_from_1`` (|mean w - 1| > 4
 standard errors: wrong propensities or unsupported target mass),
 ``tiny_ess`` (Kish effective sample size below max(10, 1% of n)),
@@ -132,6 +141,15 @@ class EventData:
             reward models are per action id, not per column.
         n_codes: number of distinct action ids.
         features: (n, d) float64 numeric context features for reward models (d may be 0).
+        chosen_only: the log knows the logging probability of the chosen candidate
+            only (``meta["logging_pmf"] == "chosen_only"``: the Open Bandit Dataset's
+            "bts" campaign, DSJSON with a partial ``"p"``). ``logging_pmf`` then holds
+            p_i = mu(a_i | x_i) at the chosen column and 0 (unknown) or partial mass
+            elsewhere; rows need not sum to 1. IPS, SNIPS, DM, DR and switch-DR read
+            p_i alone and work; what needs mu on the other candidates refuses: the
+            a-priori weight bound max_j pi_ij / mu_ij (so ``bernstein``) and ``replay``
+            (its uniform-logging check). Probability 0 elsewhere means "unknown", not
+            "unsupported".
     """
 
     reward: np.ndarray
@@ -141,6 +159,7 @@ class EventData:
     codes: np.ndarray
     n_codes: int
     features: np.ndarray
+    chosen_only: bool = False
 
     @property
     def n(self) -> int:
@@ -160,8 +179,13 @@ class EventData:
     @cached_property
     def unsupported_cells(self) -> np.ndarray:
         """Flat indices of (event, column) cells the logger gave probability 0 or whose
-        action was never chosen in the log: target mass there is invisible to IPS."""
+        action was never chosen in the log: target mass there is invisible to IPS.
+        For ``chosen_only`` logs only the never-chosen actions (0 means "unknown")."""
         tried = np.bincount(self.chosen_codes, minlength=max(self.n_codes, 1)) > 0
+        if self.chosen_only:  # probability 0 off the chosen column means "unknown"
+            if tried.all():
+                return np.zeros(0, dtype=np.int64)
+            return np.flatnonzero(self.mask & ~tried[np.maximum(self.codes, 0)])
         if tried.all():
             cells = self.mask & (self.logging_pmf <= 0)
         else:
@@ -182,7 +206,8 @@ class EventData:
 
     @classmethod
     def from_log(cls, log: BanditLog, features: np.ndarray | None = None) -> EventData:
-        """Arrays of a :class:`BanditLog`; ``features`` an optional (n, d) numeric matrix."""
+        """Arrays of a :class:`BanditLog`; ``features`` an optional (n, d) numeric matrix.
+        ``chosen_only`` comes from ``log.meta["logging_pmf"] == "chosen_only"``."""
         codes, _ = action_codes(log.action_ids, log.action_mask)
         return cls.from_arrays(
             reward=log.reward,
@@ -191,6 +216,7 @@ class EventData:
             mask=log.action_mask,
             codes=codes,
             features=features,
+            chosen_only=log.meta.get("logging_pmf") == "chosen_only",
         )
 
     @classmethod
@@ -202,9 +228,12 @@ class EventData:
         mask: np.ndarray | None = None,
         codes: np.ndarray | None = None,
         features: np.ndarray | None = None,
+        chosen_only: bool = False,
     ) -> EventData:
         """Validate plain arrays (no :class:`BanditLog` needed). Without ``codes``,
-        column j is action j in every row; without ``mask`` every column exists."""
+        column j is action j in every row; without ``mask`` every column exists.
+        ``chosen_only``: only the chosen column of ``logging_pmf`` is known (rows
+        must then sum to at most 1 instead of exactly 1)."""
         r = np.asarray(reward, dtype=np.float64)
         if r.ndim != 1:
             raise EstimatorError("reward must be one-dimensional", field="reward")
@@ -220,7 +249,7 @@ class EventData:
         m = np.ones_like(mu, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if m.shape != mu.shape:
             raise EstimatorError(f"mask must be {mu.shape}, got {m.shape}", field="mask")
-        _check_pmf(mu, m, "logging_pmf")
+        _check_pmf(mu, m, "logging_pmf", partial=chosen_only)
         c = np.asarray(chosen)
         if c.shape != (n,) or not np.issubdtype(c.dtype, np.integer):
             raise EstimatorError(f"chosen must be ({n},) integers", field="chosen")
@@ -244,10 +273,13 @@ class EventData:
             raise EstimatorError(f"features must be (n={n}, d), got {x.shape}", field="features")
         if not np.isfinite(x).all():
             raise EstimatorError("features contain NaN or infinity", field="features")
-        return cls(r, c, mu, m, k, n_codes, x)
+        return cls(r, c, mu, m, k, n_codes, x, bool(chosen_only))
 
 
-def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str, full: bool | None = None) -> None:
+def _check_pmf(
+    pmf: np.ndarray, mask: np.ndarray, name: str, full: bool | None = None, partial: bool = False
+) -> None:
+    """Finite, non-negative, no mass on padding, rows summing to 1 (to at most 1 when ``partial``)."""
     # two passes over (n, A): row sums (NaN and inf propagate into them) and the minimum
     sums = pmf.sum(axis=1)
     if not np.isfinite(sums).all():
@@ -256,6 +288,13 @@ def _check_pmf(pmf: np.ndarray, mask: np.ndarray, name: str, full: bool | None =
         raise EstimatorError(f"{name} has negative probabilities (negative weights)", field=name)
     if not (mask.all() if full is None else full) and (pmf[~mask] != 0).any():
         raise EstimatorError(f"{name} puts mass on padding (no candidate there)", field=name)
+    if partial:
+        bad = np.flatnonzero(sums > 1.0 + _PMF_TOLERANCE)
+        if bad.size:
+            raise EstimatorError(
+                f"{name} rows must sum to at most 1; row {int(bad[0])} sums to {sums[bad[0]]:.6g}", field=name
+            )
+        return
     bad = np.flatnonzero(np.abs(sums - 1.0) > _PMF_TOLERANCE)
     if bad.size:
         raise EstimatorError(
@@ -305,6 +344,13 @@ def _weights(data: EventData, pi: np.ndarray) -> np.ndarray:
 
 def _max_weight_bound(data: EventData, pi: np.ndarray) -> float:
     """max over events and candidates of pi / mu: an a-priori bound on w."""
+    if data.chosen_only:
+        raise EstimatorError(
+            "an a-priori weight bound (max pi / mu over every candidate, which bernstein needs) requires the "
+            "whole logging pmf, and this log knows only the chosen propensity (EventData.chosen_only): "
+            "use interval='normal' or 'bootstrap'",
+            field="logging_pmf",
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(data.logging_pmf > 0, pi / np.where(data.logging_pmf > 0, data.logging_pmf, 1.0), 0.0)
     return float(ratio.max())
@@ -585,6 +631,12 @@ class Replay(_NoModel):
     def contributions(
         self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
+        if data.chosen_only:
+            raise EstimatorError(
+                "replay needs the whole (uniform) logging pmf; this log knows only the chosen propensity "
+                "(EventData.chosen_only): use ips, snips or dr",
+                field="logging_pmf",
+            )
         k = data.mask.sum(axis=1)
         if (k != k[0]).any():
             raise EstimatorError("replay needs the same number of candidates in every event", field="logging_pmf")

@@ -56,15 +56,13 @@ have earned until then". At most ``max_points`` bucket ends are shown
 **Logs whose pmf is known on the chosen block only** (``meta["logging_pmf"]
 == "chosen_only"``, e.g. the Open Bandit Dataset's "bts" policy, or foreign
 DSJSON with a partial ``"p"``). IPS, SNIPS, DM and DR need only the chosen
-propensity p_i = mu(a_i | x_i): w_i = pi(a_i | x_i) / p_i. The estimators
-validate full pmf rows, so the evaluation completes each row with a
-placeholder (the rest of the mass, 1 - p_i, spread over the other
-candidates) that no estimator except ``bernstein`` (its a-priori weight
-bound) and ``replay`` (its uniform-logging check) reads; those two are
-refused on such logs. The online policy is then the logging policy and its
-value is estimated on-policy (IPS with w_i = 1, the mean logged reward, which
-needs no pmf at all) whatever ``method`` says. The logging-health check needs
-the full pmf and is skipped, with a note.
+propensity p_i = mu(a_i | x_i): w_i = pi(a_i | x_i) / p_i, and the estimators
+take such logs as they are (``EventData.chosen_only``); ``bernstein`` (its
+a-priori weight bound) and ``replay`` (its uniform-logging check) need the
+whole pmf and are refused. The online policy is then the logging policy and
+its value is estimated on-policy (IPS with w_i = 1, the mean logged reward,
+which needs no pmf at all) whatever ``method`` says. The logging-health check
+is the inverse-propensity (Horvitz-Thompson) form of :mod:`analysis.health`.
 """
 
 from __future__ import annotations
@@ -87,7 +85,6 @@ from analysis.estimators import (
     EventData,
     FittedRidge,
     RidgeRewardModel,
-    action_codes,
     contributions,
     estimate,
 )
@@ -471,8 +468,10 @@ def _chosen_only(log: BanditLog) -> bool:
     return log.meta.get("logging_pmf") == "chosen_only"
 
 
-def _completed_pmf(log: BanditLog) -> np.ndarray:
-    """Full pmf rows for chosen-only logs: the chosen propensity kept, the rest spread evenly."""
+def _on_policy_target(log: BanditLog) -> np.ndarray:
+    """The logging policy as a target on a chosen-only log, for IPS only: pi(a_i) = p_i, so
+    w_i = 1 (the on-policy mean reward); the rest of each row, 1 - p_i, is spread evenly only to
+    make it a pmf, and IPS never reads it."""
     rows = np.arange(log.n)
     p = log.propensity
     others = log.n_actions - 1
@@ -574,12 +573,7 @@ def evaluate(
         raise EvaluationError("bernstein needs the full logging pmf (its weight bound); this log knows only the "
                               "chosen propensity: use normal or bootstrap", field="interval")
     rr = _reward_range(log, reward_range)
-    logged_pmf = _completed_pmf(log) if chosen_only else log.logging_pmf
-    codes, _ = action_codes(log.action_ids, log.action_mask)
-    data = EventData.from_arrays(
-        reward=log.reward, chosen=log.chosen, logging_pmf=logged_pmf, mask=log.action_mask, codes=codes,
-        features=context_matrix(log),
-    )
+    data = EventData.from_log(log, context_matrix(log))
 
     model = _MemoRidge(RidgeRewardModel())  # one cross-fit serves every policy (same events, same folds)
 
@@ -592,7 +586,8 @@ def evaluate(
         if chosen_only and method != "ips":
             notes.append("online = the logging policy, whose pmf is known on the chosen block only: its value "
                          "is the on-policy mean reward (ips with weight 1), not " + method)
-        targets["online"] = ("logging", logged_pmf if chosen_only else logging_target(log), None, None, online_method)
+        online_target = _on_policy_target(log) if chosen_only else logging_target(log)
+        targets["online"] = ("logging", online_target, None, None, online_method)
     if default_block is not None:
         if not ((log.action_ids == default_block) & log.action_mask).any():
             notes.append(f"the default block {default_block!r} is never a candidate in this log; "
@@ -613,20 +608,19 @@ def evaluate(
         values[name] = contributions(data, pmf, used, seed=seed, reward_range=rr, reward_model=model)
 
     comparisons = _paired(values, level, method)
-    health: LoggingHealth | None = None
+    health = check_logging(log)
     if chosen_only:
-        notes.append("logging-health check skipped: the log knows only the chosen propensity")
-    else:
-        health = check_logging(log)
-        if not health.ok:
-            worst = max(health.flagged, key=lambda h: abs(h.z))
-            notes.append(
-                f"logging-health check FAILED: {len(health.flagged)} action rows disagree with their logged "
-                f"probabilities (worst {worst.action!r}{' in arm ' + worst.arm if worst.arm else ''}: "
-                f"{worst.observed} chosen, {worst.expected:.1f} expected, z = {worst.z:.1f})"
-            )
+        notes.append("the log knows only the chosen propensity: the logging-health check is the "
+                     "inverse-propensity (Horvitz-Thompson) check")
+    if not health.ok:
+        worst = max(health.flagged, key=lambda h: abs(h.z))
+        notes.append(
+            f"logging-health check FAILED: {len(health.flagged)} action rows disagree with their logged "
+            f"probabilities (worst {worst.action!r}{' in arm ' + worst.arm if worst.arm else ''}: "
+            f"{worst.observed} chosen, {worst.expected:.1f} expected, z = {worst.z:.1f})"
+        )
     names = [n for n, t in targets.items() if t[0] == "candidate"]
-    recommendation = recommend(comparisons, estimates, names, level=level, health_ok=health is None or health.ok)
+    recommendation = recommend(comparisons, estimates, names, level=level, health_ok=health.ok)
 
     series: tuple[EvaluationPoint, ...] = ()
     if time_buckets is not None:
@@ -726,6 +720,7 @@ def _series(
                 sub = EventData.from_arrays(
                     reward=data.reward[rows], chosen=data.chosen[rows], logging_pmf=data.logging_pmf[rows],
                     mask=data.mask[rows], codes=data.codes[rows], features=data.features[rows],
+                    chosen_only=data.chosen_only,
                 )
             try:
                 e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range)

@@ -196,7 +196,10 @@ def test_chosen_only_logs_evaluate_from_the_chosen_propensity() -> None:
     assert online.method == "ips" and online.estimate.value == pytest.approx(float(log.reward.mean()))
     baseline = evaluation.policy("baseline").estimate  # always "c": truth 0.3
     assert baseline.ci_low <= 0.3 <= baseline.ci_high
-    assert evaluation.health is None and any("chosen propensity" in note for note in evaluation.notes)
+    # the health check runs in its inverse-propensity form and passes (the propensities are right)
+    assert evaluation.health is not None and evaluation.health.ok
+    assert {row.check for row in evaluation.health.rows} == {"inverse_propensity"}
+    assert any("chosen propensity" in note for note in evaluation.notes)
     assert evaluation.comparison("baseline").ci_low > 0  # 0.3 against the logger's ~0.12
     with pytest.raises(EvaluationError) as error:
         evaluate(log, {}, online_model=None, default_block="c", interval="bernstein")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -137,3 +139,65 @@ def test_paired_difference_invalid() -> None:
         paired_difference(np.array([0.0, np.nan]), np.zeros(2))
     with pytest.raises(EstimatorError, match="no candidates"):
         compare(_uniform_data(0)[0], {}, np.full((2000, 4), 0.25))
+
+
+# ---------------------------------------------------------------- chosen-only logs: inverse-propensity check
+
+
+def chosen_only_log(seed: int, n: int, a: int = 5, logged_factor: np.ndarray | None = None) -> BanditLog:
+    """Context-dependent softmax pmfs (a fresh pmf per event); only the chosen propensity is logged,
+    times ``logged_factor[chosen]`` (None: the right one)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, (n, a)) + np.linspace(0.0, 1.5, a)
+    mu = np.exp(logits)
+    mu /= mu.sum(axis=1, keepdims=True)
+    chosen = np.minimum((mu.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), a - 1)
+    p = np.minimum(1.0, mu[np.arange(n), chosen] * (1.0 if logged_factor is None else logged_factor[chosen]))
+    pmf = np.zeros((n, a))
+    pmf[np.arange(n), chosen] = p
+    log = simulated_log(seed, n, np.full(a, 1 / a), np.full(a, 1 / a))
+    return dataclasses.replace(log, logging_pmf=pmf, chosen=chosen.astype(np.int64), meta={"logging_pmf": "chosen_only"})
+
+
+def test_chosen_only_check_equals_the_full_pmf_check_for_constant_propensities() -> None:
+    """With one propensity per action the Hajek variance is exact: z = (c - n p) / sqrt(n p (1 - p))."""
+    pmf = np.array([0.5, 0.2, 0.2, 0.1])
+    full = simulated_log(5, 3000, pmf, pmf)
+    known = np.zeros_like(full.logging_pmf)
+    known[np.arange(full.n), full.chosen] = full.propensity
+    partial = dataclasses.replace(full, logging_pmf=known, meta={"logging_pmf": "chosen_only"})
+    a, b = check_logging(full), check_logging(partial)
+    assert [r.check for r in b.rows] == ["inverse_propensity"] * 4
+    for x, y in zip(a.rows, b.rows, strict=True):
+        assert (y.action, y.observed) == (x.action, x.observed)
+        assert (y.expected, y.variance, y.z) == pytest.approx((x.expected, x.variance, x.z), rel=1e-9)
+
+
+def test_chosen_only_z_is_standard_normal_with_right_propensities() -> None:
+    """E[sum_i 1[a_i = a] / p_i] = n: over 300 seeded logs with per-event pmfs, z ~ N(0, 1)."""
+    zs = np.array([[r.z for r in check_logging(chosen_only_log(seed, 2000)).rows] for seed in range(300)])
+    assert zs.shape == (300, 5)
+    assert np.abs(zs.mean(axis=0)).max() < 0.25  # sd of a mean of 300: 0.06; a small skew remains
+    assert 0.85 < zs.std(axis=0).min() and zs.std(axis=0).max() < 1.15
+    assert np.abs(zs).max() < 4.5  # 1500 rows at threshold 4: rare false alarms (p ~ 6e-5 each)
+    assert 0.02 < (np.abs(zs) > 1.96).mean() < 0.08
+
+
+def test_chosen_only_check_flags_wrong_propensities() -> None:
+    halved = check_logging(chosen_only_log(1, 2000, logged_factor=np.full(5, 0.5)))
+    assert len(halved.flagged) == 5 and all(r.z > 4 for r in halved.flagged)  # S_a ~ 2 n
+    row = halved.rows[-1]
+    assert row.expected == pytest.approx(row.observed / 2, rel=0.15)  # the logger claims half the choices
+    # one action's propensity logged 30% too high: only its row moves (S_a too small)
+    one = np.ones(5)
+    one[2] = 1.3
+    health = check_logging(chosen_only_log(2, 5000, logged_factor=one))
+    assert [r.action for r in health.flagged] == ["block2"] and health.flagged[0].z < -4
+
+
+def test_chosen_only_action_never_chosen_is_not_tested() -> None:
+    log = chosen_only_log(3, 200)
+    never = dataclasses.replace(log, action_ids=np.column_stack([log.action_ids, np.full(200, "new", dtype=object)]),
+                                action_mask=np.ones((200, 6), dtype=bool), logging_pmf=np.column_stack([log.logging_pmf, np.zeros(200)]))
+    row = next(r for r in check_logging(never).rows if r.action == "new")
+    assert (row.observed, row.expected, row.z, row.flagged) == (0, 0.0, 0.0, False)
