@@ -226,6 +226,10 @@ class Decider:
             "fallback": fallback_reason is not None,
             "fallback_reason": fallback_reason,
             "created_at": now,
+            # report segments as columns (migration 0005), from the derived context
+            "device_type": context.get("device", {}).get("type"),
+            "country": context.get("location", {}).get("country"),
+            "daypart": context.get("time", {}).get("daypart"),
         }
 
     @staticmethod

@@ -68,7 +68,7 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from msgspec import Meta, Struct
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from analysis.experiments import (
     AnalysisConfig,
@@ -86,6 +86,7 @@ from api.decide import ArmAssignment, event_token
 from api.errors import ApiError
 from api.periodic import Periodic
 from api.registry import SlotState
+from bandits.context import DAYPARTS, DEVICE_TYPES
 from bandits.errors import InvalidPolicy
 from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser, check_against_catalog
 
@@ -457,11 +458,25 @@ class ExperimentData:
 
 
 # Column transfer. Fetching 1,000,000 rows through the DB-API costs about a second per few
-# columns on this machine (a Python object per value); instead the database joins each column
-# of the experiment's decisions, in log order, into one string (SQLite ``group_concat``,
-# PostgreSQL ``string_agg``) and numpy splits and encodes it without a Python loop per row.
-_SEP = 0x1F  # ASCII unit separator between values; a value containing it sends the column to the slow path
+# columns on this machine (a Python object per value), and so does every string aggregate or
+# string function per row in SQLite. So the report's scan returns one row: each column of the
+# experiment's decisions, in log order, joined into one string (SQLite ``group_concat``,
+# PostgreSQL ``string_agg``), and numpy splits and encodes it with no Python loop per row.
+# Arm, device type and day part come from closed vocabularies (the experiment's arms,
+# ``bandits.context.DEVICE_TYPES`` and ``DAYPARTS``), so SQL encodes them, with the flags, into
+# one small integer per decision; a value outside them (legacy rows) sends that dimension to a
+# second scan of its strings.
+_SEP = 0x1F  # ASCII unit separator between values
 _REPORT_INDEX = "ix_decisions_experiment_report"  # migration 0005: covers every column the scan reads
+_MMAP_BYTES = 1 << 30
+_PACKED_BITS = 14
+_OTHER = 7  # vocabulary code of a device type or day part outside the vocabulary
+_NO_ARM = 15
+_NULL_UNIT = "#" * 32  # stands for a missing unit key (then the event is the unit), keeps unit keys fixed-width
+_DEVICES = (*DEVICE_TYPES, *(() if "unknown" in DEVICE_TYPES else ("unknown",)))
+_DAYPARTS = (*DAYPARTS, "unknown")
+# bit layout of the packed integer: 0 fallback, 1 deferred, 2 activated, 3 no unit key,
+# 4-7 arm position (15: not an arm of the experiment), 8-10 device type, 11-13 day part, 14- seq
 
 
 def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
@@ -470,175 +485,260 @@ def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
         return {
             "ph": "?",
             "agg": "group_concat({value}, {sep})",
+            "agg_any": "group_concat({value}, ',')",  # any order, the same in every column of the query
+            "float": "printf('%.17g', {value})",
             "sep": "char(31)",
             "int": "{value}",
-            "bool": "{value}",
+            "bool": "({value})",
             "epoch_d": "(julianday(d.created_at) - 2440587.5) * 86400.0",
             "epoch_r": "(julianday(rw.created_at) - 2440587.5) * 86400.0",
-            "bucket": f"substr(d.created_at, 1, {width})",
+            "bucket": "d.created_at",  # the stored ISO text; numpy keeps its first ``width`` bytes
+            "bucket_width": str(width),
             "scan": f"decisions d INDEXED BY {_REPORT_INDEX}",
             "rewards_first": "rewards rw CROSS JOIN decisions d",  # SQLite: CROSS JOIN fixes the loop order
             "decisions_first": "decisions d CROSS JOIN rewards rw",
+            "activations_first": "activations a CROSS JOIN decisions d",
         }
     fmt = "YYYY-MM-DD HH24" if bucket == "hour" else "YYYY-MM-DD"
     return {
         "ph": "%s",
         "agg": "string_agg({value}, {sep} ORDER BY d.seq)",
+        "agg_any": "string_agg({value}, ',' ORDER BY d.seq, rw.id)",
+        "float": "({value})::text",  # PostgreSQL 12+ prints the shortest text that reads back exactly
         "sep": "chr(31)",
         "int": "({value})::text",
         "bool": "({value})::int",
         "epoch_d": "extract(epoch from d.created_at)",
         "epoch_r": "extract(epoch from rw.created_at)",
         "bucket": f"to_char(d.created_at AT TIME ZONE 'UTC', '{fmt}')",
+        "bucket_width": "0",
         "scan": "decisions d",
         "rewards_first": "rewards rw JOIN decisions d",  # PostgreSQL's planner picks the join order
         "decisions_first": "decisions d JOIN rewards rw",
     }
 
 
-def _main_query(parts: Mapping[str, str]) -> str:
-    """One row: count, then the experiment's decisions column by column in log order (seq)."""
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _vocabulary_case(column: str, labels: Sequence[str], other: int) -> str:
+    whens = " ".join(f"WHEN {_quote(label)} THEN {i}" for i, label in enumerate(labels))
+    missing = labels.index("unknown")
+    return f"CASE {column} {whens} ELSE (CASE WHEN {column} IS NULL THEN {missing} ELSE {other} END) END"
+
+
+def _main_query(parts: Mapping[str, str], arms: Sequence[str], probe_activations: bool) -> str:
+    """One row: count, then the experiment's decisions column by column in log order (seq).
+
+    Placeholders: experiment id, largest seq. ``probe_activations``: look each decision up in
+    ``activations`` (else :func:`_activation_query` brings the activated decisions).
+    """
     agg, sep, flag = parts["agg"], parts["sep"], parts["bool"]
-    flags = (f"{flag.format(value='d.fallback')} + 2 * {flag.format(value='d.deferred')} + 4 * "
-             f"{flag.format(value='EXISTS (SELECT 1 FROM activations a WHERE a.event_id = d.event_id)')}")
+    arm_case = " ".join(f"WHEN {_quote(a)} THEN {i}" for i, a in enumerate(arms))
+    activated = (f"4 * {flag.format(value='EXISTS (SELECT 1 FROM activations a WHERE a.event_id = d.event_id)')} + "
+                 if probe_activations else "")
+    packed = (f"{flag.format(value='d.fallback')} + 2 * {flag.format(value='d.deferred')} + {activated}"
+              f"8 * {flag.format(value='d.unit_key IS NULL')} + "
+              f"16 * (CASE d.arm {arm_case} ELSE {_NO_ARM} END) + "
+              f"256 * ({_vocabulary_case('d.device_type', _DEVICES, _OTHER)}) + "
+              f"2048 * ({_vocabulary_case('d.daypart', _DAYPARTS, _OTHER)})")
     columns = [
-        agg.format(value=parts["int"].format(value="d.seq"), sep="','"),
-        agg.format(value=parts["int"].format(value=flags), sep="''"),
-        agg.format(value="COALESCE(d.unit_key, '')", sep=sep),
-        agg.format(value="COALESCE(d.arm, '')", sep=sep),
-        agg.format(value="COALESCE(d.device_type, 'unknown')", sep=sep),
+        agg.format(value=parts["int"].format(value=f"d.seq * {1 << _PACKED_BITS} + {packed}"), sep="','"),
+        agg.format(value=f"COALESCE(d.unit_key, {_quote(_NULL_UNIT)})", sep=sep),
         agg.format(value="COALESCE(d.country, 'unknown')", sep=sep),
-        agg.format(value="COALESCE(d.daypart, 'unknown')", sep=sep),
         agg.format(value=parts["bucket"], sep=sep),
     ]
     return (f"SELECT count(*), {', '.join(columns)} FROM {parts['scan']} "
             f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
 
 
+def _activation_query(parts: Mapping[str, str]) -> str:
+    """SQLite, when activations are fewer than the experiment's decisions: the seq of every activated
+    decision in the seq range (any experiment; numpy keeps the experiment's). Each activation probes the
+    unique event-id index of decisions, which holds the seq: no table read. Placeholders: lowest, largest seq.
+    """
+    return (f"SELECT {parts['agg'].format(value='d.seq', sep=repr(','))} FROM {parts['activations_first']} "
+            f"ON d.event_id = a.event_id WHERE d.seq BETWEEN ? AND ?")
+
+
+def _string_query(parts: Mapping[str, str], column: str) -> str:
+    """One dimension's strings (missing -> 'unknown') in log order: the path for values outside a vocabulary."""
+    value = f"COALESCE(d.{column}, 'unknown')" if column != "bucket" else parts["bucket"]
+    return (f"SELECT count(*), {parts['agg'].format(value=value, sep=parts['sep'])} FROM {parts['scan']} "
+            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+
+
 def _reward_query(parts: Mapping[str, str], rewards_first: bool) -> str:
-    """Every reward of the experiment's decisions that arrived within the window: (seq, reward id, value)."""
+    """Every reward of the experiment's decisions that arrived within the window, as three joined
+    columns: decision seq, reward id, value (``%.17g``: the text reads back as the same double).
+
+    Placeholders: experiment id, largest seq, reward window in seconds.
+    """
     source = parts["rewards_first"] if rewards_first else parts["decisions_first"]
-    ph = parts["ph"]
-    return (f"SELECT d.seq, rw.id, rw.value FROM {source} ON d.event_id = rw.event_id "
+    ph, agg, as_int = parts["ph"], parts["agg_any"], parts["int"]
+    columns = [agg.format(value=as_int.format(value="d.seq")), agg.format(value=as_int.format(value="rw.id")),
+               agg.format(value=parts["float"].format(value="rw.value"))]
+    return (f"SELECT count(*), {', '.join(columns)} FROM {source} ON d.event_id = rw.event_id "
             f"WHERE d.experiment_id = {ph} AND d.seq <= {ph} AND {parts['epoch_r']} <= {parts['epoch_d']} + {ph}")
 
 
-@dataclass(frozen=True)
-class _Strings:
-    """The ``n`` values of a separator-joined column as a zero-padded byte matrix."""
-
-    buf: np.ndarray      # the joined bytes
-    starts: np.ndarray   # (n,) offset of each value
-    lengths: np.ndarray  # (n,) byte length of each value
-    matrix: np.ndarray   # (n, w) uint8, w a multiple of 8, values left-aligned and zero-padded
-
-    @classmethod
-    def split(cls, blob: bytes, n: int) -> _Strings | None:
-        """None when the blob does not hold exactly ``n`` separated values (a value contains the separator)."""
-        buf = np.frombuffer(blob, dtype=np.uint8)
-        ends = np.flatnonzero(buf == _SEP)
-        if ends.size != n - 1:
-            return None
-        starts = np.empty(n, dtype=np.int64)
-        starts[0] = 0
-        starts[1:] = ends + 1
-        stops = np.empty(n, dtype=np.int64)
-        stops[:-1] = ends
-        stops[-1] = buf.size
-        lengths = stops - starts
-        longest = int(lengths.max())
-        width = max(8, -(-longest // 8) * 8)
-        matrix = np.zeros((n, width), dtype=np.uint8)
-        if longest and int(lengths.min()) == longest:  # fixed width (unit keys): a strided view, no gather
-            matrix[:, :longest] = np.append(buf, np.uint8(_SEP)).reshape(n, longest + 1)[:, :longest]
-        else:
-            for j in range(longest):
-                rows = np.flatnonzero(lengths > j)
-                matrix[rows, j] = buf[starts[rows] + j]
-        return cls(buf, starts, lengths, matrix)
-
-    def label(self, row: int) -> str:
-        start = int(self.starts[row])
-        return bytes(self.buf[start:start + int(self.lengths[row])]).decode("utf-8")
+# ----------------------------------------------------------------------------- encoding joined columns
 
 
-def _first_seen_codes(*columns: _Strings) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of the rows' value tuples, numbered in order of first appearance.
+def _split(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(matrix, starts, lengths)`` of the ``n`` separated values of ``blob``: ``matrix`` is (n, w)
+    uint8, values left-aligned and zero-padded, ``w`` a multiple of 8.
 
-    Returns ``(codes, first_row)``: ``codes[i]`` of row ``i`` and the first row of each code.
-    Rows are grouped by a 64-bit hash of their bytes and lengths, then every row is checked
-    byte for byte against its group's first row, so the codes are exact (a hash collision
-    falls back to an exact sort of the raw bytes).
+    Raises :class:`_Unsplittable` when the blob does not hold exactly ``n`` values (a value contains
+    the separator) or a value contains a NUL byte (zero padding would then be ambiguous).
     """
-    n = columns[0].lengths.size
-    words = np.concatenate([c.matrix.view("<u8") for c in columns] +
-                           [np.stack([c.lengths.astype(np.uint64) for c in columns], axis=1)], axis=1)
-    h = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
-    for k in range(words.shape[1]):  # multiply-xorshift mixing (wrapping uint64 arithmetic)
-        h = (h ^ words[:, k]) * np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
-    order = np.argsort(h, kind="stable")
-    ordered = h[order]
+    buf = np.frombuffer(blob, dtype=np.uint8)
+    if n == 0 or (buf.size and int(buf.min()) == 0):
+        raise _Unsplittable
+    ends = np.flatnonzero(buf == _SEP)
+    if ends.size != n - 1:
+        raise _Unsplittable
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends + 1
+    lengths = np.empty(n, dtype=np.int64)
+    lengths[:-1] = ends - starts[:-1]
+    lengths[-1] = buf.size - starts[-1]
+    if prefix:  # keep the first ``prefix`` bytes of every value (bucket labels from timestamps)
+        if int(lengths.min()) < prefix:
+            raise _Unsplittable
+        lengths = np.full(n, prefix, dtype=np.int64)
+        matrix = np.zeros((n, -(-prefix // 8) * 8), dtype=np.uint8)
+        for j in range(prefix):
+            matrix[:, j] = buf[starts + j]
+        return matrix, starts, lengths
+    longest = int(lengths.max())
+    matrix = np.zeros((n, max(8, -(-longest // 8) * 8)), dtype=np.uint8)
+    if longest and int(lengths.min()) == longest:  # fixed width: a strided view, no gather
+        matrix[:, :longest] = np.lib.stride_tricks.as_strided(buf, shape=(n, longest), strides=(longest + 1, 1))
+    else:
+        for j in range(longest):
+            rows = np.flatnonzero(lengths > j)
+            matrix[rows, j] = buf[starts[rows] + j]
+    return matrix, starts, lengths
+
+
+class _Unsplittable(Exception):
+    """A joined column cannot be split back into its values."""
+
+
+def _first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of integer ``keys`` numbered in order of first appearance, and each code's first row."""
+    n = keys.size
+    order = np.argsort(keys)
+    ordered = keys[order]
     new = np.empty(n, dtype=bool)
     new[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    firsts = np.minimum.reduceat(order, starts)
     group = np.cumsum(new) - 1
-    firsts = order[new]  # stable sort: the first row of each group
-    same = np.flatnonzero(~new)
-    if same.size and not np.array_equal(words[order[same]], words[firsts[group[same]]]):
-        keys = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").ravel()
-        _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        order, group = np.arange(n), inverse.ravel()
-    rank = np.empty(firsts.size, dtype=np.int64)
     by_first = np.argsort(firsts)
+    rank = np.empty(firsts.size, dtype=np.int64)
     rank[by_first] = np.arange(firsts.size)
     codes = np.empty(n, dtype=np.int64)
     codes[order] = rank[group]
     return codes, firsts[by_first]
 
 
-def _coded(column: _Strings) -> tuple[np.ndarray, tuple[str, ...]]:
-    codes, first = _first_seen_codes(column)
-    return codes, tuple(column.label(int(r)) for r in first)
+def _few_first_seen(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_first_seen` for keys with few distinct values: distinct values from runs (rows in log
+    order repeat their neighbours' buckets) or a sample, then one ``searchsorted``; no sort of all rows."""
+    n = keys.size
+    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    if change.size > n // 8:  # not run-like: sample the distinct values instead
+        known = np.unique(keys[:: max(1, n // 4096)])
+    else:
+        known = np.unique(keys[np.r_[0, change]])
+    position = np.minimum(np.searchsorted(known, keys), known.size - 1)
+    missing = known[position] != keys
+    if missing.any():
+        known = np.union1d(known, keys[missing])
+        position = np.searchsorted(known, keys)
+    first = np.full(known.size, n, dtype=np.int64)
+    np.minimum.at(first, position, np.arange(n))
+    by_first = np.argsort(first)
+    rank = np.empty(known.size, dtype=np.int64)
+    rank[by_first] = np.arange(known.size)
+    return rank[position], first[by_first]
 
 
-def _unit_codes(column: _Strings) -> np.ndarray:
-    """Unit codes in order of first appearance; an empty key (no unit id: the event is the unit) is its own unit."""
-    codes, first = _first_seen_codes(column)
-    n = codes.size
+def _label(blob: bytes, starts: np.ndarray, lengths: np.ndarray, row: int) -> str:
+    start = int(starts[row])
+    return blob[start:start + int(lengths[row])].decode("utf-8")
+
+
+def _string_codes(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+    """First-seen codes and labels of a joined low-cardinality string column (country, bucket, ...)."""
+    matrix, starts, lengths = _split(blob, n, prefix)
+    words = matrix.view("<u8")
+    if words.shape[1] == 1:  # at most 8 bytes, no NUL: the padded bytes are the value
+        codes, first = _few_first_seen(words[:, 0])
+    else:
+        codes, first = _first_seen(_hash_rows(words, lengths))
+        _check_groups(words, lengths, codes, first)
+    return codes, tuple(_label(blob, starts, lengths, int(r)) for r in first)
+
+
+def _hash_rows(words: np.ndarray, lengths: np.ndarray, seed: int = 0x9E3779B97F4A7C15) -> np.ndarray:
+    """A 64-bit multiply-xorshift hash of each row's words and length (wrapping uint64 arithmetic)."""
+    h = lengths.astype(np.uint64) * np.uint64(seed)
+    for k in range(words.shape[1]):
+        h ^= words[:, k]
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+    return h
+
+
+def _check_groups(words: np.ndarray, lengths: np.ndarray, codes: np.ndarray, first: np.ndarray) -> None:
+    """Every row equals its code's first row byte for byte (a hash collision would merge two values)."""
+    rep = first[codes]
+    if not (np.array_equal(lengths, lengths[rep]) and np.array_equal(words, words[rep])):
+        raise _Unsplittable
+
+
+def _unit_codes(blob: bytes, n: int, no_unit: np.ndarray) -> np.ndarray:
+    """Unit codes in order of first appearance; a decision without a unit key is its own unit."""
+    matrix, _, lengths = _split(blob, n)
+    words = matrix.view("<u8")
+    codes, first = _first_seen(_hash_rows(words, lengths))
+    # A unit key is an HMAC (random bits), so a 64-bit hash collision among a million units has a
+    # probability near 3e-8; a second, independent 64-bit hash must agree within every group.
+    check = _hash_rows(words, lengths, seed=0xD6E8FEB86659FD93)
+    if not np.array_equal(check, check[first[codes]]):
+        _check_groups(words, lengths, codes, first)  # raises: two different keys shared the first hash
     first_row = first[codes]
-    own = np.flatnonzero(column.lengths == 0)
+    own = np.flatnonzero(no_unit)
     first_row[own] = own
     distinct = first_row == np.arange(n)
     return (np.cumsum(distinct) - 1)[first_row]
 
 
+def _vocabulary_codes(raw: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    codes, first = _few_first_seen(raw)
+    return codes, tuple(labels[int(raw[r])] for r in first)
+
+
 def _codes(values: Sequence[Any], order: Sequence[str] = ()) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Integer codes of string values (None -> "unknown") in order of first appearance (the slow path)."""
+    """Integer codes of values (None -> "unknown") in order of first appearance: the Python path."""
     index: dict[Any, int] = {}
     codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
     labels = ["unknown" if v is None else str(v) for v in index]
     return codes, tuple(labels)
 
 
-def _column(blob: bytes, n: int, unit: bool = False) -> tuple[np.ndarray, tuple[str, ...]]:
-    strings = _Strings.split(blob, n)
-    if strings is None:  # a value holds the separator: split in Python on the known lengths instead
-        raise _SlowPath
-    if unit:
-        return _unit_codes(strings), ()
-    return _coded(strings)
-
-
-class _SlowPath(Exception):
-    """A joined column cannot be split back into its values; fetch rows instead."""
-
-
 def _text(value: Any) -> bytes:
     return b"" if value is None else value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
-def _fetch_columns(raw: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[bytes]]:
+def _one_row(raw: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[bytes]]:
     cursor = raw.cursor()
     try:
         cursor.execute(sql, params)
@@ -648,7 +748,7 @@ def _fetch_columns(raw: Any, sql: str, params: Sequence[Any]) -> tuple[int, list
     return int(row[0]), [_text(v) for v in row[1:]]
 
 
-def _fetch_rows(raw: Any, sql: str, params: Sequence[Any]) -> list[Any]:
+def _rows(raw: Any, sql: str, params: Sequence[Any]) -> list[Any]:
     cursor = raw.cursor()
     try:
         cursor.execute(sql, params)
@@ -657,18 +757,26 @@ def _fetch_rows(raw: Any, sql: str, params: Sequence[Any]) -> list[Any]:
         cursor.close()
 
 
-def _rows_query(parts: Mapping[str, str]) -> str:
-    """The slow path: the same columns as rows (used only when a value contains the separator)."""
-    return (f"SELECT d.seq, COALESCE(d.unit_key, ''), COALESCE(d.arm, ''), COALESCE(d.device_type, 'unknown'), "
-            f"COALESCE(d.country, 'unknown'), COALESCE(d.daypart, 'unknown'), {parts['bucket']} "
-            f"FROM {parts['scan']} WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq")
+def _column_codes(raw: Any, parts: Mapping[str, str], column: str, params: Sequence[Any], n: int,
+                  blob: bytes | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """First-seen codes and labels of a string column, from ``blob`` or its own scan; Python path if unsplittable."""
+    if blob is None:
+        _, (blob,) = _one_row(raw, _string_query(parts, column), params)
+    try:
+        return _string_codes(blob, n, int(parts["bucket_width"]) if column == "bucket" else 0)
+    except _Unsplittable:
+        value = f"COALESCE(d.{column}, 'unknown')" if column != "bucket" else parts["bucket"]
+        rows = _rows(raw, f"SELECT {value} FROM {parts['scan']} WHERE d.experiment_id = {parts['ph']} "
+                          f"AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
+        width = int(parts["bucket_width"]) if column == "bucket" else 0
+        return _codes([_text(r[0]).decode("utf-8")[:width or None] for r in rows])
 
 
 def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
                           bucket: str = "day") -> ExperimentData:
     """Pull the experiment's decisions (one scan) and their windowed rewards; encode them as numpy columns.
 
-    Rows are the experiment's decisions up to the largest ``seq`` seen when the pull starts, in log
+    Rows are the experiment's decisions up to the largest ``seq`` when the pull starts, in log
     order. Per decision: arm, unit (``unit_key``, else the event), fallback and deferred flags,
     activation (an ``EXISTS`` probe), device type, country and day part (the columns of migration
     0005; missing -> "unknown"), time bucket. Rewards arrive as (seq, reward id, value) rows of the
@@ -676,80 +784,99 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     slot's rule in reward-id order: ``sum``, ``max``, or ``first`` (lowest id); then clipped to the
     reward range; the slot's default reward when none came (the learner's rule).
     """
+    if len(arms) > _NO_ARM:
+        raise ValueError(f"at most {_NO_ARM} arms")
     dialect = connection.dialect.name
     parts = _sql_parts(dialect, bucket)
     raw = connection.connection.driver_connection
     sqlite = dialect == "sqlite"
-    top = connection.execute(select(func.max(Decision.seq)).where(Decision.experiment_id == experiment_id)).scalar()
-    top = int(top) if top is not None else 0
+    low, top = connection.execute(select(func.min(Decision.seq), func.max(Decision.seq))
+                                  .where(Decision.experiment_id == experiment_id)).one()
+    params = (experiment_id, int(top) if top is not None else 0)
+    span = int(top) - int(low) + 1 if top is not None else 0  # at least the number of decisions
+    # SQLite: walk the activations instead of probing them per decision when they are fewer
+    activations_first = sqlite and span > 0 and (connection.execute(
+        text("SELECT max(rowid) FROM activations")).scalar() or 0) <= span
     factory = raw.text_factory if sqlite else None  # type: ignore[union-attr]
     if sqlite:
-        raw.text_factory = bytes  # type: ignore[union-attr]  # no str decoding of the joined columns
+        raw.text_factory = bytes  # type: ignore[union-attr]  # the joined columns need no str decoding
+        # read the file through a memory map: the activation and reward probes jump around the
+        # file, and each page fetched through read() costs a system call (about 30% of the scan)
+        raw.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")  # type: ignore[union-attr]
     try:
-        n, blobs = _fetch_columns(raw, _main_query(parts), (experiment_id, top))
-        if n:
-            seq = np.array(blobs[0].split(b","), dtype=np.int64) if n < 64 else \
-                np.fromstring(blobs[0], dtype=np.int64, sep=",")
-            flags = np.frombuffer(blobs[1], dtype=np.uint8) - ord("0")
-            try:
-                units, _ = _column(blobs[2], n, unit=True)
-                arm_codes, arm_labels = _column(blobs[3], n)
-                segments = {name: _column(blob, n) for name, blob in zip(SEGMENT_DIMENSIONS, blobs[4:7], strict=True)}
-                bucket_codes, bucket_labels = _column(blobs[7], n)
-            except _SlowPath:
-                rows = _fetch_rows(raw, _rows_query(parts), (experiment_id, top))
-                (_, unit_col, arm_col, device, country, daypart, buckets) = (
-                    [v.decode("utf-8") if isinstance(v, bytes) else v for v in column]
-                    for column in zip(*rows, strict=True))
-                units = _codes([u if u else object() for u in unit_col])[0]  # no unit id: its own unit
-                arm_codes, arm_labels = _codes(arm_col)
-                segments = {"device_type": _codes(device), "country": _codes(country), "day_part": _codes(daypart)}
-                bucket_codes, bucket_labels = _codes(buckets)
-            # reward rows: scan the rewards when they are fewer than the decisions, else probe per decision
-            bounds = connection.execute(select(func.min(Reward.id), func.max(Reward.id))).one()
-            rewards_first = bounds[0] is not None and (bounds[1] - bounds[0] + 1) <= n
-            reward_rows = _fetch_rows(raw, _reward_query(parts, rewards_first),
-                                      (experiment_id, top, float(slot["reward_window_s"])))
-        else:
-            reward_rows = []
+        n, blobs = _one_row(raw, _main_query(parts, arms, not activations_first), params)
+        if not n:
+            empty = np.zeros(0, dtype=np.int64)
+            return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
+                                  activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
+                                  segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
+                                  bucket_labels=(), excluded=0)
+        packed = np.fromstring(blobs[0], dtype=np.int64, sep=",")
+        seq = packed >> _PACKED_BITS
+        if packed.size != n:
+            raise RuntimeError("the report's decision columns do not line up")
+        if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every column was joined in this order
+            raise RuntimeError("the report scan did not return the decisions in log order")
+        no_unit = (packed & 8) > 0
+        try:
+            units = _unit_codes(blobs[1], n, no_unit)
+        except _Unsplittable:
+            rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE d.experiment_id = "
+                              f"{parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
+            units = _codes([r[0] if r[0] else object() for r in rows])[0]  # no unit key: its own unit
+        segments: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+        for dimension, column, shift, labels in (("device_type", "device_type", 8, _DEVICES),
+                                                 ("country", "country", None, ()),
+                                                 ("day_part", "daypart", 11, _DAYPARTS)):
+            if shift is None:
+                segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[2])
+                continue
+            vocabulary = (packed >> shift) & 7
+            if bool((vocabulary == _OTHER).any()):  # a value outside the vocabulary: read the strings
+                segments[dimension] = _column_codes(raw, parts, column, params, n)
+            else:
+                segments[dimension] = _vocabulary_codes(vocabulary, labels)
+        bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[3])
+        # rewards: scan them when there are fewer than decisions, else probe them per decision
+        low, high = connection.execute(select(func.min(Reward.id), func.max(Reward.id))).one()
+        rewards_first = low is not None and high - low + 1 <= n
+        count, joined = _one_row(raw, _reward_query(parts, rewards_first), (*params, float(slot["reward_window_s"])))
+        rewards = [np.fromstring(j, dtype=dtype, sep=",") if count else np.zeros(0, dtype=dtype)
+                   for j, dtype in zip(joined, (np.int64, np.int64, np.float64), strict=True)]
+        if any(r.size != count for r in rewards):
+            raise RuntimeError("the report's reward columns do not line up")
+        if activations_first:
+            _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], (low, top))
+            activated_seq = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, np.int64)
+            position = np.searchsorted(seq, activated_seq)
+            found = position < n
+            found[found] = seq[position[found]] == activated_seq[found]
+            packed[position[found]] |= 4
     finally:
         if sqlite:
             raw.text_factory = factory  # type: ignore[union-attr]
-    if not n:
-        empty = np.zeros(0, dtype=np.int64)
-        return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
-                              activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
-                              segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
-                              bucket_labels=(), excluded=0)
-    if seq.size != n or flags.size != n:
-        raise RuntimeError("the decision columns of the report do not line up")
-    if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every value above was encoded in this order
-        raise RuntimeError("the report scan did not return decisions in log order")
-    reward, rewarded = _aggregate_rewards(seq, reward_rows, slot)
-    activated = (flags & 4) > 0
-    shown = ((flags & 2) == 0) | activated
-    excluded = int(n - shown.sum())
-    arm_index = {name: i for i, name in enumerate(arms)}
-    arm_a = np.array([arm_index.get(label, -1) for label in arm_labels], dtype=np.int64)[arm_codes]
-    keep = shown & (arm_a >= 0)
+    reward, rewarded = _aggregate_rewards(seq, *rewards, slot)
+    activated = (packed & 4) > 0
+    shown = ((packed & 2) == 0) | activated
+    arm = (packed >> 4) & 15
+    arm = np.where(arm == _NO_ARM, -1, arm)
+    keep = shown & (arm >= 0)
     return ExperimentData(
-        arm=arm_a[keep], unit=units[keep], reward=reward[keep], rewarded=rewarded[keep],
-        activated=activated[keep], fallback=((flags & 1) > 0)[keep],
+        arm=arm[keep], unit=units[keep], reward=reward[keep], rewarded=rewarded[keep],
+        activated=activated[keep], fallback=((packed & 1) > 0)[keep],
         segments={k: (codes[keep], labels) for k, (codes, labels) in segments.items()},
-        bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=excluded,
+        bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=int(n - shown.sum()),
     )
 
 
-def _aggregate_rewards(seq: np.ndarray, rows: Sequence[Any], slot: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, value: np.ndarray,
+                       slot: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Per decision: the aggregated, clipped reward (default when none came) and whether any came."""
     n = seq.size
     rewarded = np.zeros(n, dtype=bool)
     reward = np.full(n, float(slot["default_reward"]))
-    if not rows:
+    if not r_seq.size:
         return reward, rewarded
-    r_seq = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    r_id = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-    value = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
     position = np.searchsorted(seq, r_seq)
     found = (position < n) & (seq[np.minimum(position, n - 1)] == r_seq)
     order = np.lexsort((r_id[found], position[found]))
@@ -777,9 +904,16 @@ def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_group
     if group.size == 0:
         return [ArmStats.empty() for _ in range(n_groups)]
     key = group * (int(unit.max()) + 1) + unit
-    pairs, inverse = np.unique(key, return_inverse=True)
-    y = np.bincount(inverse, weights=reward)
-    x = np.bincount(inverse).astype(np.float64)
+    space = n_groups * (int(unit.max()) + 1)
+    if space <= 8 * key.size:  # dense bins: the same pairs in the same (ascending key) order, no sort
+        count = np.bincount(key, minlength=space)
+        pairs = np.flatnonzero(count)
+        y = np.bincount(key, weights=reward, minlength=space)[pairs]
+        x = count[pairs].astype(np.float64)
+    else:
+        pairs, inverse = np.unique(key, return_inverse=True)
+        y = np.bincount(inverse, weights=reward)
+        x = np.bincount(inverse).astype(np.float64)
     owner = pairs // (int(unit.max()) + 1)
 
     def total(values: np.ndarray) -> np.ndarray:

@@ -137,6 +137,10 @@ class Decision(Base):
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
     fallback_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Report segments, copied from ``context`` when the decision is written (migration 0005).
+    device_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    country: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    daypart: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Activation(Base):
