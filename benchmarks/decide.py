@@ -230,6 +230,7 @@ def main() -> int:
         lua_script(paced_script, bodies, agents, decide_key, pace)
         paced = run_wrk(base, paced_script, 1, connections, args.seconds)
 
+        single = run_wrk(base, script, 1, 1, 3)  # one connection: the latency of a lone request
         raw = raw_vw_rates(model, blocks, contexts)
         with engine.connect() as connection:
             logged = connection.execute(select(func.count()).select_from(Decision)).scalar_one()
@@ -248,6 +249,8 @@ def main() -> int:
           f"p50 {throughput['p50_ms']:.2f} ms  p99 {throughput['p99_ms']:.2f} ms  non-2xx {throughput['non_2xx']}")
     print(f"  paced (~{args.rate:.0f}/s target):            {paced['rate']:8.0f} decisions/s   "
           f"p50 {paced['p50_ms']:.2f} ms  p90 {paced['p90_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  max {paced['max_ms']:.1f} ms")
+    print(f"  one connection (sequential):        {single['rate']:8.0f} decisions/s   "
+          f"p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms")
     for name, rate in raw.items():
         print(f"  in-process {name:32s} {rate:8.0f} /s   service/raw = {throughput['rate'] / rate:.3f}")
     print(f"  decisions in the log: {logged_after} (wrk counted >= {throughput['requests'] + paced['requests']} "
@@ -262,6 +265,19 @@ def main() -> int:
         whole = sum(totals.values()) or 1
         for leaf, count in sorted(totals.items(), key=lambda kv: -kv[1])[:15]:
             print(f"    {100 * count / whole:5.1f}%  {leaf}")
+    if args.profile:
+        # inclusive share of the GIL-holding samples by layer, to see what the service costs beside VW
+        layers = {"VW predict": "pyvw.py", "log writer thread": "log_writer.py", "decide pipeline": "api/decide.py",
+                  "context derivation": "bandits/context.py", "Litestar": "litestar/", "uvicorn/httptools": "uvicorn/"}
+        hits = dict.fromkeys(layers, 0)
+        for line in (workdir / "profile.txt").read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            for name, marker in layers.items():
+                if marker in stack:
+                    hits[name] += int(count)
+        print("  inclusive share by layer:")
+        for name, count in hits.items():
+            print(f"    {100 * count / whole:5.1f}%  {name}")
     del logged
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
