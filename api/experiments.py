@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import copy
 import csv
 import hashlib
 import hmac
@@ -56,7 +57,9 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,6 +100,7 @@ __all__ = [
     "add_commands",
     "beacon_token",
     "build_report",
+    "clear_report_cache",
     "report_csv",
     "report_markdown",
     "shutdown",
@@ -1056,30 +1060,114 @@ def _event_rewards(connection: Connection, event_ids: Sequence[str], slot: Mappi
 # ----------------------------------------------------------------------------- the report
 
 
+REPORT_CACHE_SIZE = 8
+REPORT_CACHE_TTL_S = 60.0
+"""Reports are cached per (experiment, bucket, offline, data marks) for at most this long. The marks
+(decision seq range, last reward id, activation count, experiment and slot settings, arm policy
+versions) change with every append to the log; the TTL bounds what they cannot see: a unit erased
+in place (``erase_unit``) shows in the report within a minute."""
+
+
+@dataclass(frozen=True)
+class _CachedReport:
+    body: dict[str, Any]
+    verdicts: tuple[str, ...]
+    stored: float
+
+
+_report_cache: OrderedDict[tuple[Any, ...], _CachedReport] = OrderedDict()
+_report_cache_lock = threading.Lock()
+
+
+def clear_report_cache() -> None:
+    """Forget every cached report (the next report of each experiment is computed from the log)."""
+    with _report_cache_lock:
+        _report_cache.clear()
+
+
+def _data_marks(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
+                policies: Mapping[str, Any] | None, offline: bool) -> tuple[Any, ...]:
+    """What the report depends on, cheaply: each part changes when the log or the settings change."""
+    seqs = connection.execute(select(func.min(Decision.seq), func.max(Decision.seq))
+                              .where(Decision.experiment_id == experiment["id"])).one()
+    last_reward = connection.execute(select(func.max(Reward.id))).scalar()
+    if connection.dialect.name == "sqlite":  # activations are append-only; the rowid grows with each
+        activations = connection.execute(text("SELECT max(rowid) FROM activations")).scalar()
+    else:
+        activations = connection.execute(text("SELECT count(*) FROM activations")).scalar()
+    versions: tuple[Any, ...] = ()
+    if offline:
+        names = [a["policy"] for a in experiment["arms"]]
+        if policies is not None and all(name in policies for name in names):
+            versions = tuple((policies[n].revision, policies[n].model_version) for n in names)
+        else:
+            versions = tuple(connection.execute(
+                select(Policy.name, Policy.revision, select(func.max(Snapshot.version))
+                       .where(Snapshot.policy_name == Policy.name).scalar_subquery())
+                .where(Policy.name.in_(names)).order_by(Policy.name)).all())
+    settings = json.dumps([experiment, dict(slot)], sort_keys=True, default=str)
+    return (tuple(seqs), last_reward, activations, versions, settings)
+
+
 def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, Any] | None = None,
                  bucket: Literal["day", "hour", "auto"] = "auto", offline: bool = True,
-                 latency: Mapping[str, float] | None = None) -> dict[str, Any]:
+                 latency: Mapping[str, float] | None = None, cache: bool = True) -> dict[str, Any]:
     """The experiment's report as JSON-ready data (see the module docstring).
 
     ``policies``: the registry's policies (name -> PolicyState) for the offline
     section; without it the policies are loaded from the database.
     ``latency``: service-wide decide latency quantiles in ms (from ``/metrics``) for the latency guardrail.
+    ``cache``: reuse this process's report of the same data (see :data:`REPORT_CACHE_TTL_S`);
+    ``timing_ms.cached`` says whether it did.
     """
     started = time.perf_counter()
     with engine.connect() as connection:
         experiment = _experiment_dict(connection, experiment_id)
         slot = _slot_row(connection, experiment["slot"])
-        arms = [a["name"] for a in experiment["arms"]]
-        shares = {a["name"]: a["share"] for a in experiment["arms"]}
-        control = experiment["control"]
         if bucket == "auto":  # hourly points for the first three days, daily after
             begun = datetime.fromisoformat(experiment["started_at"] or experiment["created_at"])
             ended = datetime.fromisoformat(experiment["stopped_at"]) if experiment["stopped_at"] else datetime.now(UTC)
             bucket = "hour" if (ended - begun).total_seconds() < 3 * 86400 else "day"
-        data = fetch_experiment_data(connection, experiment_id, arms, slot, bucket)
+        key = (engine.url.render_as_string(hide_password=True), experiment_id, bucket, offline,
+               _data_marks(connection, experiment, slot, policies, offline))
+        with _report_cache_lock:
+            hit = _report_cache.get(key) if cache else None
+            if hit is not None and time.monotonic() - hit.stored > REPORT_CACHE_TTL_S:
+                hit = None
         fetched = time.perf_counter()
-        offline_section = (_offline_section(connection, experiment, slot, policies, control) if offline
-                           else {"available": False, "reason": "offline section not requested"})
+        if hit is None:
+            body, verdicts, fetched = _report_body(connection, experiment, slot, policies, bucket, offline)
+            hit = _CachedReport(body, verdicts, time.monotonic())
+            if cache:
+                with _report_cache_lock:
+                    _report_cache[key] = hit
+                    while len(_report_cache) > REPORT_CACHE_SIZE:
+                        _report_cache.popitem(last=False)
+            cached = False
+        else:
+            cached = True
+    report = copy.deepcopy(hit.body)
+    guardrails = _guardrails(experiment["guardrails"], report["arms"], latency)
+    report["guardrails"] = guardrails
+    report["verdicts"] = list(hit.verdicts) + [g["verdict"] for g in guardrails if g["breached"]]
+    report["generated_at"] = datetime.now(UTC).isoformat()
+    report["timing_ms"] = {"fetch": round((fetched - started) * 1000, 1),
+                           "total": round((time.perf_counter() - started) * 1000, 1), "cached": cached}
+    return report
+
+
+def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
+                 policies: Mapping[str, Any] | None, bucket: str,
+                 offline: bool) -> tuple[dict[str, Any], tuple[str, ...], float]:
+    """The report from the log, without the parts that change between views (guardrails, time
+    stamps); returns it, the statistical verdicts, and when the decisions were fetched."""
+    arms = [a["name"] for a in experiment["arms"]]
+    shares = {a["name"]: a["share"] for a in experiment["arms"]}
+    control = experiment["control"]
+    data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
+    fetched = time.perf_counter()
+    offline_section = (_offline_section(connection, experiment, slot, policies, control) if offline
+                       else {"available": False, "reason": "offline section not requested"})
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
@@ -1107,7 +1195,6 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
             "codes": list(r["codes"]),
         })
 
-    guardrails = _guardrails(experiment["guardrails"], arm_rows, latency)
     segments: dict[str, Any] = {}
     for dimension in SEGMENT_DIMENSIONS:
         codes, labels = data.segments[dimension]
@@ -1140,26 +1227,25 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
     series["bucket"] = bucket
 
     analysis = result.to_dict()
-    verdicts = list(result.verdicts) + [g["verdict"] for g in guardrails if g["breached"]]
-    return {
+    body = {
         "experiment": experiment,
-        "generated_at": datetime.now(UTC).isoformat(),
+        "generated_at": None,
         "summary": {"decisions": int(data.arm.size), "units": int(sum(r["units"] for r in arm_rows)),
                     "excluded_never_activated": data.excluded, "binary": config.binary,
                     "sequential": config.sequential, "metric": config.metric, "level": config.level,
                     "reward_aggregation": slot["reward_aggregation"],
                     "reward_range": [slot["reward_min"], slot["reward_max"]]},
-        "verdicts": verdicts,
+        "verdicts": [],
         "arms": arm_rows,
         "comparisons": analysis["comparisons"],
         "srm": analysis["srm"],
-        "guardrails": guardrails,
+        "guardrails": [],
         "segments": segments,
         "time_series": series,
         "offline": offline_section,
-        "timing_ms": {"fetch": round((fetched - started) * 1000, 1),
-                      "total": round((time.perf_counter() - started) * 1000, 1)},
+        "timing_ms": {},
     }
+    return body, tuple(result.verdicts), fetched
 
 
 def _guardrails(limits: Mapping[str, float], arm_rows: Sequence[Mapping[str, Any]],
