@@ -489,8 +489,6 @@ def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
         return {
             "ph": "?",
             "agg": "group_concat({value}, {sep})",
-            "agg_any": "group_concat({value}, ',')",  # any order, the same in every column of the query
-            "float": "printf('%.17g', {value})",
             "sep": "char(31)",
             "int": "{value}",
             "bool": "({value})",
@@ -507,8 +505,6 @@ def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
     return {
         "ph": "%s",
         "agg": "string_agg({value}, {sep} ORDER BY d.seq)",
-        "agg_any": "string_agg({value}, ',' ORDER BY d.seq, rw.id)",
-        "float": "({value})::text",  # PostgreSQL 12+ prints the shortest text that reads back exactly
         "sep": "chr(31)",
         "int": "({value})::text",
         "bool": "({value})::int",
@@ -574,16 +570,14 @@ def _string_query(parts: Mapping[str, str], column: str) -> str:
 
 
 def _reward_query(parts: Mapping[str, str], rewards_first: bool) -> str:
-    """Every reward of the experiment's decisions that arrived within the window, as three joined
-    columns: decision seq, reward id, value (``%.17g``: the text reads back as the same double).
+    """Every reward of the experiment's decisions that arrived within the window: (seq, reward id, value) rows
+    (rows, not joined text: SQLite prints at most 16 significant digits, and a reward must read back exactly).
 
     Placeholders: experiment id, largest seq, reward window in seconds.
     """
     source = parts["rewards_first"] if rewards_first else parts["decisions_first"]
-    ph, agg, as_int = parts["ph"], parts["agg_any"], parts["int"]
-    columns = [agg.format(value=as_int.format(value="d.seq")), agg.format(value=as_int.format(value="rw.id")),
-               agg.format(value=parts["float"].format(value="rw.value"))]
-    return (f"SELECT count(*), {', '.join(columns)} FROM {source} ON d.event_id = rw.event_id "
+    ph = parts["ph"]
+    return (f"SELECT d.seq, rw.id, rw.value FROM {source} ON d.event_id = rw.event_id "
             f"WHERE d.experiment_id = {ph} AND d.seq <= {ph} AND {parts['epoch_r']} <= {parts['epoch_d']} + {ph}")
 
 
@@ -844,11 +838,9 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
         # rewards: scan them when there are fewer than decisions, else probe them per decision
         low, high = connection.execute(select(func.min(Reward.id), func.max(Reward.id))).one()
         rewards_first = low is not None and high - low + 1 <= n
-        count, joined = _one_row(raw, _reward_query(parts, rewards_first), (*params, float(slot["reward_window_s"])))
-        rewards = [np.fromstring(j, dtype=dtype, sep=",") if count else np.zeros(0, dtype=dtype)
-                   for j, dtype in zip(joined, (np.int64, np.int64, np.float64), strict=True)]
-        if any(r.size != count for r in rewards):
-            raise RuntimeError("the report's reward columns do not line up")
+        rows = _rows(raw, _reward_query(parts, rewards_first), (*params, float(slot["reward_window_s"])))
+        rewards = [np.fromiter((r[k] for r in rows), dtype=dtype, count=len(rows))
+                   for k, dtype in enumerate((np.int64, np.int64, np.float64))]
         if activations_first:
             _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], (low, top))
             activated_seq = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, np.int64)

@@ -134,3 +134,208 @@ def test_reward_per_decision_follows_the_slot_aggregation(service, aggregation, 
     assert sum(a["reward_sum"] for a in report["arms"]) == pytest.approx(expected)
     assert sum(a["rewarded_decisions"] for a in report["arms"]) == 2
     assert not report["summary"]["binary"]
+
+
+# ----------------------------------------------------------------------------- the fast report path against a reference
+
+def _seed_log(url: str, aggregation: str, messy: bool, seed: int = 3) -> tuple[int, dict]:
+    """A small experiment written straight into the log: 3 arms, ~150 units, deferred decisions, activations,
+    rewards (several per event, awkward floats, some after the window). ``messy`` adds what only old or foreign
+    rows hold: no unit key, a unit key and a country holding the separator, a device type outside the
+    vocabulary, missing segment columns, a decision of an arm the experiment does not have."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from api.db.engine import make_engine, migrate
+    from api.db.experiment_models import Experiment, ExperimentArm
+    from api.db.models import Activation, Decision, Policy, Reward, Slot
+
+    migrate(url)
+    rng = random.Random(seed)
+    engine = make_engine(url)
+    start = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
+    slot_values = dict(name="s.hero", default_block="b0", timezone="UTC", reward_window_s=600, default_reward=0.25,
+                       reward_aggregation=aggregation, reward_min=0.0, reward_max=1.5, learning_mode="online",
+                       require_activation=False, policy_name="s.hero", catalog_version=0, revision=1,
+                       created_at=start, updated_at=start)
+    with engine.begin() as c:
+        slot_id = c.execute(insert(Slot).values(**slot_values)).inserted_primary_key[0]
+        for name in ("p.a", "p.b", "p.c"):
+            c.execute(insert(Policy).values(name=name, kind="uniform", config={"kind": "uniform"}, revision=1,
+                                            created_at=start, updated_at=start))
+        eid = c.execute(insert(Experiment).values(
+            name="x", slot_id=slot_id, status="stopped", control_arm="a", metric="reward_per_decision",
+            learning_start="scratch", analysis={}, guardrails={}, salt="00", revision=1, created_at=start,
+            started_at=start, stopped_at=start + timedelta(days=2))).inserted_primary_key[0]
+        for position, (arm, policy) in enumerate((("a", "p.a"), ("b", "p.b"), ("c", "p.c"))):
+            c.execute(insert(ExperimentArm).values(experiment_id=eid, position=position, name=arm,
+                                                   policy_name=policy, share=1 / 3))
+        devices = ["mobile", "desktop", "tablet", "unknown"] + (["smart-tv", None] if messy else [])
+        countries = ["DE", "FR", "US", "unknown"] + ([None, "X\x1fY"] if messy else [])
+        dayparts = ["night", "morning", "afternoon", "evening"] + ([None] if messy else [])
+        units = [f"{rng.getrandbits(128):032x}" for _ in range(150)]
+        if messy:
+            units += ["legacy-unit", "odd\x1funit"]
+        rows, rewards, activations = [], [], []
+        for i in range(600):
+            created = start + timedelta(seconds=i * 290 + rng.randrange(60))
+            unit = rng.choice(units)
+            arm = "abc"[int(unit[:2], 16) % 3] if unit[0] in "0123456789abcdef" else "b"
+            if messy and i % 97 == 5:
+                unit = None
+            if messy and i % 151 == 7:
+                arm = "ghost"
+            rows.append(dict(
+                event_id=f"ev{i}", slot_id=slot_id, policy_name=f"p.{arm}", policy_kind="uniform", model_version=0,
+                trained=False, learning_mode="online", catalog_version=None, candidate_ids=["b0", "b1"],
+                pmf=[0.5, 0.5], chosen_index=0, chosen_block="b0", probability=0.5, context={}, unit_key=unit,
+                experiment_id=eid, arm=arm, consent=True, deferred=rng.random() < 0.3, fallback=rng.random() < 0.05,
+                fallback_reason=None, created_at=created, device_type=rng.choice(devices),
+                country=rng.choice(countries), daypart=rng.choice(dayparts)))
+            if rng.random() < 0.6:
+                activations.append(dict(event_id=f"ev{i}", created_at=created + timedelta(seconds=1)))
+            for k in range(rng.choice([0, 0, 1, 1, 2, 3])):
+                late = rng.random() < 0.15
+                rewards.append(dict(event_id=f"ev{i}", reward_id=f"r{k}", value=rng.choice([1.0, 0.1, 0.7, 1 / 3, 0.2]),
+                                    created_at=created + timedelta(seconds=900 if late else 5 + k)))
+        rng.shuffle(rewards)  # reward ids in arrival order, not event order
+        c.execute(insert(Decision), rows)
+        c.execute(insert(Reward), rewards)
+        c.execute(insert(Activation), activations)
+    engine.dispose()
+    return eid, slot_values
+
+
+def _reference_data(connection, experiment_id, arms, slot, bucket="day"):
+    """The report's exposures computed the plain way: rows in Python, dictionaries, no SQL aggregation."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from api.db.models import Activation, Decision, Reward
+    from api.experiments import ExperimentData
+
+    decisions = connection.execute(select(Decision.__table__).where(Decision.experiment_id == experiment_id)
+                                   .order_by(Decision.seq)).mappings().all()
+    activated_events = set(connection.execute(select(Activation.event_id)).scalars())
+    created = {d["event_id"]: d["created_at"] for d in decisions}
+    got: dict[str, list[float]] = {}
+    for event_id, value, at in connection.execute(select(Reward.event_id, Reward.value, Reward.created_at)
+                                                  .order_by(Reward.id)).all():
+        if event_id in created and (at - created[event_id]).total_seconds() <= slot["reward_window_s"]:
+            got.setdefault(event_id, []).append(value)
+
+    def code(values):
+        index: dict = {}
+        return [index.setdefault(v, len(index)) for v in values], tuple(index)
+
+    rule = {"sum": sum, "max": max, "first": lambda v: v[0]}[slot["reward_aggregation"]]
+    rewards = [min(max(rule(got[d["event_id"]]), slot["reward_min"]), slot["reward_max"]) if d["event_id"] in got
+               else slot["default_reward"] for d in decisions]
+    activated = [d["event_id"] in activated_events for d in decisions]
+    shown = [not d["deferred"] or a for d, a in zip(decisions, activated, strict=True)]
+    arm = [arms.index(d["arm"]) if d["arm"] in arms else -1 for d in decisions]
+    keep = np.array([s and a >= 0 for s, a in zip(shown, arm, strict=True)], dtype=bool)
+    units, _ = code([d["unit_key"] or d["event_id"] for d in decisions])
+    fmt = "%Y-%m-%d %H" if bucket == "hour" else "%Y-%m-%d"
+    buckets, bucket_labels = code([d["created_at"].strftime(fmt) for d in decisions])
+    segments = {}
+    for dimension, column in (("device_type", "device_type"), ("country", "country"), ("day_part", "daypart")):
+        codes, labels = code([d[column] or "unknown" for d in decisions])
+        segments[dimension] = (np.array(codes)[keep], labels)
+
+    def kept(values, dtype):
+        return np.array(values, dtype=dtype)[keep]
+
+    return ExperimentData(arm=kept(arm, np.int64), unit=kept(units, np.int64), reward=kept(rewards, np.float64),
+                          rewarded=kept([d["event_id"] in got for d in decisions], bool),
+                          activated=kept(activated, bool), fallback=kept([d["fallback"] for d in decisions], bool),
+                          segments=segments, bucket=kept(buckets, np.int64), bucket_labels=bucket_labels,
+                          excluded=int(len(decisions) - sum(shown)))
+
+
+@pytest.mark.parametrize("messy", [False, True])
+@pytest.mark.parametrize("aggregation", ["sum", "max", "first"])
+def test_fast_report_equals_the_reference_computation(database_url, aggregation, messy, monkeypatch) -> None:
+    """The joined-column scan and its numpy encoding give the very report that plain Python gives."""
+    from api import experiments
+    from api.db.engine import make_engine
+
+    eid, _ = _seed_log(database_url, aggregation, messy)
+    engine = make_engine(database_url)
+    try:
+        for bucket in ("day", "hour"):
+            with monkeypatch.context() as patch:
+                if not messy:  # clean rows never take the Python path
+                    patch.setattr(experiments, "_codes", lambda *a: pytest.fail("slow path on clean rows"))
+                fast = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+            with monkeypatch.context() as patch:
+                patch.setattr(experiments, "fetch_experiment_data", _reference_data)
+                reference = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+            for report in (fast, reference):
+                report.pop("generated_at"), report.pop("timing_ms")
+            assert fast == reference
+            assert fast["summary"]["excluded_never_activated"] > 0 and fast["summary"]["decisions"] > 300
+            assert {a["arm"] for a in fast["arms"]} == {"a", "b", "c"} and not fast["summary"]["binary"]
+            if messy:
+                assert "smart-tv" in fast["segments"]["device_type"]["results"]
+                assert "X\x1fY" in fast["segments"]["country"]["results"]
+    finally:
+        engine.dispose()
+
+
+def test_report_cache_serves_repeats_and_notices_new_rewards(sqlite_url) -> None:
+    from datetime import datetime
+
+    from sqlalchemy import insert
+
+    from api import experiments
+    from api.db.engine import make_engine
+    from api.db.models import Reward
+
+    eid, _ = _seed_log(sqlite_url, "sum", messy=False)
+    engine = make_engine(sqlite_url)
+    experiments.clear_report_cache()
+    try:
+        first = experiments.build_report(engine, eid, bucket="day", offline=False)
+        again = experiments.build_report(engine, eid, bucket="day", offline=False)
+        assert not first["timing_ms"]["cached"] and again["timing_ms"]["cached"]
+        assert again["arms"] == first["arms"] and again["segments"] == first["segments"]
+        with engine.begin() as c:  # a reward for the first decision, within its window
+            c.execute(insert(Reward).values(event_id="ev0", reward_id="late-click", value=0.5,
+                                            created_at=datetime.fromisoformat(first["experiment"]["started_at"])))
+        fresh = experiments.build_report(engine, eid, bucket="day", offline=False)
+        assert not fresh["timing_ms"]["cached"]
+        assert experiments.build_report(engine, eid, bucket="day", offline=False, latency={"p95": 1.0})["timing_ms"][
+            "cached"]
+    finally:
+        experiments.clear_report_cache()
+        engine.dispose()
+
+
+def test_migration_backfills_the_segment_columns_from_the_context(database_url) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from api.db.engine import make_engine, migrate
+
+    migrate(database_url, "0004")
+    engine = make_engine(database_url)
+    contexts = [{"device": {"type": "mobile"}, "location": {"country": "DE"}, "time": {"daypart": "evening"}},
+                {"device": {}, "location": {}, "time": {"daypart": "night"}}]
+    try:
+        with engine.begin() as c:
+            for i, context in enumerate(contexts):
+                c.execute(text(
+                    "INSERT INTO decisions (event_id, slot_id, policy_name, policy_kind, model_version, trained, "
+                    "learning_mode, candidate_ids, pmf, chosen_index, chosen_block, probability, context, consent, "
+                    "deferred, fallback, created_at) VALUES (:e, 1, 'p', 'uniform', 0, false, 'online', '[\"b\"]', "
+                    "'[1.0]', 0, 'b', 1.0, :c, true, false, false, :t)"),
+                    {"e": f"e{i}", "c": json.dumps(context), "t": datetime(2026, 1, 1, tzinfo=UTC)})
+        migrate(database_url)
+        with engine.connect() as c:
+            rows = c.execute(text("SELECT device_type, country, daypart FROM decisions ORDER BY seq")).all()
+        assert [tuple(r) for r in rows] == [("mobile", "DE", "evening"), (None, None, "night")]
+    finally:
+        engine.dispose()
