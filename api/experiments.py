@@ -770,6 +770,14 @@ def _column_codes(raw: Any, parts: Mapping[str, str], column: str, params: Seque
         return _codes([_text(r[0]).decode("utf-8")[:width or None] for r in rows])
 
 
+def _seq_range(connection: Connection, experiment_id: int) -> tuple[Any, Any]:
+    """Lowest and largest seq of the experiment's decisions (two queries: SQLite answers a lone min()
+    or max() from the index in a few steps, but scans the whole range for both in one query)."""
+    where = Decision.experiment_id == experiment_id
+    return (connection.execute(select(func.min(Decision.seq)).where(where)).scalar(),
+            connection.execute(select(func.max(Decision.seq)).where(where)).scalar())
+
+
 def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
                           bucket: str = "day") -> ExperimentData:
     """Pull the experiment's decisions (one scan) and their windowed rewards; encode them as numpy columns.
@@ -788,8 +796,7 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     parts = _sql_parts(dialect, bucket)
     raw = connection.connection.driver_connection
     sqlite = dialect == "sqlite"
-    low, top = connection.execute(select(func.min(Decision.seq), func.max(Decision.seq))
-                                  .where(Decision.experiment_id == experiment_id)).one()
+    low, top = _seq_range(connection, experiment_id)
     params = (experiment_id, int(top) if top is not None else 0)
     span = int(top) - int(low) + 1 if top is not None else 0  # at least the number of decisions
     # SQLite: walk the activations instead of probing them per decision when they are fewer
@@ -836,7 +843,8 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
                 segments[dimension] = _vocabulary_codes(vocabulary, labels)
         bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[3])
         # rewards: scan them when there are fewer than decisions, else probe them per decision
-        low, high = connection.execute(select(func.min(Reward.id), func.max(Reward.id))).one()
+        low = connection.execute(select(func.min(Reward.id))).scalar()
+        high = connection.execute(select(func.max(Reward.id))).scalar()
         rewards_first = low is not None and high - low + 1 <= n
         rows = _rows(raw, _reward_query(parts, rewards_first), (*params, float(slot["reward_window_s"])))
         rewards = [np.fromiter((r[k] for r in rows), dtype=dtype, count=len(rows))
@@ -891,26 +899,42 @@ def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, val
     return reward, rewarded
 
 
-def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int) -> list[ArmStats]:
+def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int,
+                by_unit: np.ndarray | None = None) -> list[ArmStats]:
     """Per-unit sufficient statistics per group: ``ArmStats`` of each group code in [0, n_groups).
 
     Each (group, unit) pair is one unit of that group with ``Y`` = its reward total
     and ``X`` = its decision count (the unit-level aggregation of ``analysis.experiments``).
+    ``by_unit``: ``argsort(unit, kind="stable")``, shared by the calls of one report.
+
+    Pairs are visited in (group, unit) order and each pair's rewards summed in row order,
+    whichever way they are found, so the floating-point sums do not depend on the way.
     """
     if group.size == 0:
         return [ArmStats.empty() for _ in range(n_groups)]
     key = group * (int(unit.max()) + 1) + unit
     space = n_groups * (int(unit.max()) + 1)
-    if space <= 8 * key.size:  # dense bins: the same pairs in the same (ascending key) order, no sort
+    if space <= 8 * key.size:  # dense bins: no sort
         count = np.bincount(key, minlength=space)
         pairs = np.flatnonzero(count)
         y = np.bincount(key, weights=reward, minlength=space)[pairs]
         x = count[pairs].astype(np.float64)
+        owner = pairs // (int(unit.max()) + 1)
+    elif by_unit is not None and n_groups < (1 << 15):  # a stable radix sort by group of the unit order
+        rows = by_unit[np.argsort(group[by_unit].astype(np.int16), kind="stable")]
+        ordered = key[rows]
+        new = np.empty(ordered.size, dtype=bool)
+        new[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+        pair = np.cumsum(new) - 1
+        y = np.bincount(pair, weights=reward[rows])
+        x = np.bincount(pair).astype(np.float64)
+        owner = group[rows[new]]
     else:
         pairs, inverse = np.unique(key, return_inverse=True)
         y = np.bincount(inverse, weights=reward)
         x = np.bincount(inverse).astype(np.float64)
-    owner = pairs // (int(unit.max()) + 1)
+        owner = pairs // (int(unit.max()) + 1)
 
     def total(values: np.ndarray) -> np.ndarray:
         return np.bincount(owner, weights=values, minlength=n_groups)
@@ -1080,8 +1104,7 @@ def clear_report_cache() -> None:
 def _data_marks(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
                 policies: Mapping[str, Any] | None, offline: bool) -> tuple[Any, ...]:
     """What the report depends on, cheaply: each part changes when the log or the settings change."""
-    seqs = connection.execute(select(func.min(Decision.seq), func.max(Decision.seq))
-                              .where(Decision.experiment_id == experiment["id"])).one()
+    seqs = _seq_range(connection, experiment["id"])
     last_reward = connection.execute(select(func.max(Reward.id))).scalar()
     if connection.dialect.name == "sqlite":  # activations are append-only; the rowid grows with each
         activations = connection.execute(text("SELECT max(rowid) FROM activations")).scalar()
@@ -1163,7 +1186,8 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
-    arm_stats = _by_arm(_unit_stats(data.arm, data.unit, data.reward, n_arms), arms)
+    by_unit = np.argsort(data.unit, kind="stable")
+    arm_stats = _by_arm(_unit_stats(data.arm, data.unit, data.reward, n_arms, by_unit), arms)
     result = analyze_experiment(arm_stats, control=control, shares=shares, config=config)
 
     counts = {
@@ -1197,7 +1221,7 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
             remap[top] = np.arange(len(top))
             codes = remap[codes]
             labels = tuple(labels[t] for t in top) + ("other",)
-        stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms)
+        stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
         by_segment = {label: _by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}
         segments[dimension] = analyze_segments(by_segment, dimension=dimension, control=control, shares=shares,
                                                config=config).to_dict()
@@ -1206,13 +1230,12 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
     n_buckets = len(data.bucket_labels)
     if data.arm.size:
         key = data.arm * (int(data.unit.max()) + 1) + data.unit
-        _, first = np.unique(key, return_index=True)
-        first_bucket = np.empty(int(key.max()) + 1 if key.size else 0, dtype=np.int64)
-        first_bucket[key[first]] = data.bucket[first]
-        unit_bucket = first_bucket[key]
+        first = np.full(int(key.max()) + 1, key.size, dtype=np.int64)
+        np.minimum.at(first, key, np.arange(key.size))  # each (arm, unit)'s first row
+        unit_bucket = data.bucket[first[key]]
     else:
         unit_bucket = data.bucket
-    series_stats = _unit_stats(unit_bucket * n_arms + data.arm, data.unit, data.reward, n_buckets * n_arms)
+    series_stats = _unit_stats(unit_bucket * n_arms + data.arm, data.unit, data.reward, n_buckets * n_arms, by_unit)
     buckets = [(data.bucket_labels[b], _by_arm(series_stats[b * n_arms:(b + 1) * n_arms], arms))
                for b in range(n_buckets)]
     series = cumulative_series(buckets, control=control, shares=shares, config=config).to_dict()
