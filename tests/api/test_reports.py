@@ -43,7 +43,8 @@ def simulate(service, units: int, seed_: int = 11, defer: bool = False, lose: st
     c = service.client
     for u in range(units):
         ua = IPHONE if u % 3 else DESKTOP
-        body = {"unit_id": f"unit-{u}", "context": {"location": {"country": "DE" if u % 2 else "FR"}}}
+        body = {"unit_id": f"unit-{u}", "event_id": f"ev-{seed_}-{u}",  # seeded: the draws are reproducible
+                "context": {"location": {"country": "DE" if u % 2 else "FR"}}}
         if defer:
             body["defer_activation"] = True
         d = c.post("/v1/slots/home.hero/decide", json=body, headers={**service.decider, "user-agent": ua}).json()
