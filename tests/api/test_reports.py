@@ -187,11 +187,12 @@ def _seed_log(url: str, aggregation: str, messy: bool, seed: int = 3) -> tuple[i
                 unit = None
             if messy and i % 151 == 7:
                 arm = "ghost"
+            other = messy and i % 10 == 3  # a decision outside the experiment, between its decisions
             rows.append(dict(
                 event_id=f"ev{i}", slot_id=slot_id, policy_name=f"p.{arm}", policy_kind="uniform", model_version=0,
                 trained=False, learning_mode="online", catalog_version=None, candidate_ids=["b0", "b1"],
                 pmf=[0.5, 0.5], chosen_index=0, chosen_block="b0", probability=0.5, context={}, unit_key=unit,
-                experiment_id=eid, arm=arm, consent=True, deferred=rng.random() < 0.3, fallback=rng.random() < 0.05,
+                experiment_id=None if other else eid, arm=None if other else arm, consent=True, deferred=rng.random() < 0.3, fallback=rng.random() < 0.05,
                 fallback_reason=None, created_at=created, device_type=rng.choice(devices),
                 country=rng.choice(countries), daypart=rng.choice(dayparts)))
             if rng.random() < 0.6:
@@ -201,6 +202,8 @@ def _seed_log(url: str, aggregation: str, messy: bool, seed: int = 3) -> tuple[i
                 rewards.append(dict(event_id=f"ev{i}", reward_id=f"r{k}", value=rng.choice([1.0, 0.1, 0.7, 1 / 3, 0.2]),
                                     created_at=created + timedelta(seconds=900 if late else 5 + k)))
         rng.shuffle(rewards)  # reward ids in arrival order, not event order
+        if messy:  # reward ids far above the decisions' seqs
+            rewards = [dict(r, id=10_000 + k) for k, r in enumerate(rewards)]
         c.execute(insert(Decision), rows)
         c.execute(insert(Reward), rewards)
         c.execute(insert(Activation), activations)
