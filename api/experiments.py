@@ -74,6 +74,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -815,64 +816,64 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     # SQLite: walk the activations instead of probing them per decision when they are fewer
     activations_first = sqlite and span > 0 and (connection.execute(
         text("SELECT max(rowid) FROM activations")).scalar() or 0) <= span
+    # rewards: scan them when there are fewer than decisions, else probe them per decision
+    first_id = connection.execute(select(func.min(Reward.id))).scalar()
+    last_id = connection.execute(select(func.max(Reward.id))).scalar()
+    rewards_first = first_id is not None and last_id is not None and last_id - first_id + 1 <= span
     factory = raw.text_factory if sqlite else None  # type: ignore[union-attr]
     if sqlite:
         raw.text_factory = bytes  # type: ignore[union-attr]  # the joined columns need no str decoding
-        # read the file through a memory map: the activation and reward probes jump around the
-        # file, and each page fetched through read() costs a system call (about 30% of the scan)
-        raw.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")  # type: ignore[union-attr]
-    try:
-        n, blobs = _one_row(raw, _main_query(parts, arms, not activations_first), params)
-        if not n:
-            empty = np.zeros(0, dtype=np.int64)
-            return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
-                                  activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
-                                  segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
-                                  bucket_labels=(), excluded=0)
-        packed = np.fromstring(blobs[0], dtype=np.int64, sep=",")
-        seq = packed >> _PACKED_BITS
-        if packed.size != n:
-            raise RuntimeError("the report's decision columns do not line up")
-        if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every column was joined in this order
-            raise RuntimeError("the report scan did not return the decisions in log order")
-        no_unit = (packed & 8) > 0
+        _map_file(raw)
+    # The rewards and activations are read on a second connection while this one scans the decisions
+    # (each query waits in the database, not in Python). Both are bounded by the same largest seq.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(_side_queries, connection.engine, parts, params, float(slot["reward_window_s"]),
+                           rewards_first, (low, top) if activations_first and top is not None else None)
         try:
-            units = _unit_codes(blobs[1], n, no_unit)
-        except _Unsplittable:
-            rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE d.experiment_id = "
-                              f"{parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
-            units = _codes([r[0] if r[0] else object() for r in rows])[0]  # no unit key: its own unit
-        segments: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
-        for dimension, column, shift, labels in (("device_type", "device_type", 8, _DEVICES),
-                                                 ("country", "country", None, ()),
-                                                 ("day_part", "daypart", 11, _DAYPARTS)):
-            if shift is None:
-                segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[2])
-                continue
-            vocabulary = (packed >> shift) & 7
-            if bool((vocabulary == _OTHER).any()):  # a value outside the vocabulary: read the strings
-                segments[dimension] = _column_codes(raw, parts, column, params, n)
-            else:
-                segments[dimension] = _vocabulary_codes(vocabulary, labels)
-        bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[3])
-        # rewards: scan them when there are fewer than decisions, else probe them per decision
-        first_id = connection.execute(select(func.min(Reward.id))).scalar()
-        last_id = connection.execute(select(func.max(Reward.id))).scalar()
-        rewards_first = first_id is not None and last_id is not None and last_id - first_id + 1 <= n
-        rows = _rows(raw, _reward_query(parts, rewards_first), (*params, float(slot["reward_window_s"])))
-        r_seq, r_id, r_value = (np.fromiter((r[k] for r in rows), dtype=dtype, count=len(rows))
-                                for k, dtype in enumerate((np.int64, np.int64, np.float64)))
-        if activations_first:
-            _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], (low, top))
-            activated_seq = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, np.int64)
-            position = np.searchsorted(seq, activated_seq)
-            found = position < n
-            found[found] = seq[position[found]] == activated_seq[found]
-            packed[position[found]] |= 4
-    finally:
-        if sqlite:
-            raw.text_factory = factory  # type: ignore[union-attr]
-    reward, rewarded = _aggregate_rewards(seq, r_seq, r_id, r_value, slot)
+            n, blobs = _one_row(raw, _main_query(parts, arms, not activations_first), params)
+        finally:
+            if sqlite:
+                raw.text_factory = factory  # type: ignore[union-attr]
+        rewards, activated_seq = side.result()
+    if not n:
+        empty = np.zeros(0, dtype=np.int64)
+        return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
+                              activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
+                              segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
+                              bucket_labels=(), excluded=0)
+    packed = np.fromstring(blobs[0], dtype=np.int64, sep=",")
+    seq = packed >> _PACKED_BITS
+    if packed.size != n:
+        raise RuntimeError("the report's decision columns do not line up")
+    if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every column was joined in this order
+        raise RuntimeError("the report scan did not return the decisions in log order")
+    no_unit = (packed & 8) > 0
+    try:
+        units = _unit_codes(blobs[1], n, no_unit)
+    except _Unsplittable:
+        rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE d.experiment_id = "
+                          f"{parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
+        units = _codes([r[0] if r[0] else object() for r in rows])[0]  # no unit key: its own unit
+    segments: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    for dimension, column, shift, labels in (("device_type", "device_type", 8, _DEVICES),
+                                             ("country", "country", None, ()),
+                                             ("day_part", "daypart", 11, _DAYPARTS)):
+        if shift is None:
+            segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[2])
+            continue
+        vocabulary = (packed >> shift) & 7
+        if bool((vocabulary == _OTHER).any()):  # a value outside the vocabulary: read the strings
+            segments[dimension] = _column_codes(raw, parts, column, params, n)
+        else:
+            segments[dimension] = _vocabulary_codes(vocabulary, labels)
+    bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[3])
+    if activated_seq is not None:
+        position = np.searchsorted(seq, activated_seq)
+        found = position < n
+        found[found] = seq[position[found]] == activated_seq[found]
+        packed[position[found]] |= 4
+    reward, rewarded = _aggregate_rewards(seq, rewards[:, 0].astype(np.int64), rewards[:, 1].astype(np.int64),
+                                          rewards[:, 2], slot)
     activated = (packed & 4) > 0
     shown = ((packed & 2) == 0) | activated
     arm = (packed >> 4) & 15
@@ -884,6 +885,29 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
         segments={k: (codes[keep], labels) for k, (codes, labels) in segments.items()},
         bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=int(n - shown.sum()),
     )
+
+
+def _map_file(raw: Any) -> None:
+    """Read the SQLite file through a memory map: the activation and reward probes jump around the
+    file, and each page fetched through read() costs a system call (about 30% of the scan)."""
+    raw.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+
+
+def _side_queries(engine: Engine, parts: Mapping[str, str], params: tuple[int, int], window: float,
+                  rewards_first: bool, activation_range: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """On a connection of its own: the windowed reward rows as an (r, 3) float64 array (seq, reward id,
+    value; ids and seqs are exact below 2**53) and, with ``activation_range``, the activated seqs."""
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        if connection.dialect.name == "sqlite":
+            _map_file(raw)
+        rows = _rows(raw, _reward_query(parts, rewards_first), (*params, window))
+        rewards = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+        activated = None
+        if activation_range is not None:
+            _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], activation_range)
+            activated = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, dtype=np.int64)
+    return rewards, activated
 
 
 def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, value: np.ndarray,
