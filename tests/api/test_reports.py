@@ -27,12 +27,26 @@ def seed(service, **settings) -> None:
     c.put("/v1/policies/editor", json={"kind": "fixed", "block": "b0"}, headers=service.admin)
 
 
+def _fix_salt(url: str, experiment_id: int) -> None:
+    """A fixed assignment salt: with seeded event ids the whole simulation is reproducible."""
+    from sqlalchemy import update
+
+    from api.db.engine import make_engine
+    from api.db.experiment_models import Experiment
+
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.execute(update(Experiment).where(Experiment.id == experiment_id).values(salt="5eed" * 8))
+    engine.dispose()
+
+
 def start(service, arms, **extra) -> int:
     c = service.client
     r = c.post("/v1/experiments", json={"slot": "home.hero", "control": "editor", "arms": arms, **extra},
                headers=service.admin)
     assert r.status_code == 201, r.text
     eid = r.json()["id"]
+    _fix_salt(service.database_url, eid)
     assert c.post(f"/v1/experiments/{eid}/start", headers=service.admin).status_code == 200
     return eid
 
