@@ -559,11 +559,18 @@ def _main_query(parts: Mapping[str, str], arms: Sequence[str], probe_activations
               f"2048 * ({_vocabulary_case('d.daypart', _DAYPARTS, _OTHER)})")
     columns = [
         agg.format(value=parts["int"].format(value=f"d.seq * {1 << _PACKED_BITS} + {packed}"), sep="','"),
-        agg.format(value=f"COALESCE(d.unit_key, {_quote(_NULL_UNIT)})", sep=sep),
         agg.format(value="COALESCE(d.country, 'unknown')", sep=sep),
         agg.format(value=parts["bucket"], sep=sep),
     ]
     return (f"SELECT count(*), {', '.join(columns)} FROM {parts['scan']} "
+            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+
+
+def _unit_query(parts: Mapping[str, str]) -> str:
+    """The unit keys in log order (a second scan of the same rows, on another connection). Placeholders as
+    :func:`_main_query`."""
+    value = f"COALESCE(d.unit_key, {_quote(_NULL_UNIT)})"
+    return (f"SELECT count(*), {parts['agg'].format(value=value, sep=parts['sep'])} FROM {parts['scan']} "
             f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
 
 
@@ -716,8 +723,23 @@ def _check_groups(words: np.ndarray, lengths: np.ndarray, codes: np.ndarray, fir
         raise _Unsplittable
 
 
-def _unit_codes(blob: bytes, n: int, no_unit: np.ndarray) -> np.ndarray:
-    """Unit codes in order of first appearance; a decision without a unit key is its own unit."""
+def _unit_groups(engine: Engine, parts: Mapping[str, str], params: tuple[int, int]) -> tuple[int, np.ndarray]:
+    """On a connection of its own: the number of decisions and, per decision, the first row with
+    the same unit key (raises :class:`_Unsplittable` for keys the joined text cannot carry)."""
+    with engine.connect() as connection:
+        raw: Any = connection.connection.driver_connection
+        sqlite = connection.dialect.name == "sqlite"
+        factory = raw.text_factory if sqlite else None
+        if sqlite:
+            raw.text_factory = bytes
+            _map_file(raw)
+        try:
+            n, (blob,) = _one_row(raw, _unit_query(parts), params)
+        finally:
+            if sqlite:
+                raw.text_factory = factory
+    if not n:
+        return 0, np.zeros(0, dtype=np.int64)
     matrix, _, lengths = _split(blob, n)
     words = matrix.view("<u8")
     codes, first = _first_seen(_hash_rows(words, lengths))
@@ -726,7 +748,13 @@ def _unit_codes(blob: bytes, n: int, no_unit: np.ndarray) -> np.ndarray:
     check = _hash_rows(words, lengths, seed=0xD6E8FEB86659FD93)
     if not np.array_equal(check, check[first[codes]]):
         _check_groups(words, lengths, codes, first)  # raises: two different keys shared the first hash
-    first_row = first[codes]
+    return n, first[codes]
+
+
+def _unit_codes(first_row: np.ndarray, no_unit: np.ndarray) -> np.ndarray:
+    """Unit codes in order of first appearance; a decision without a unit key is its own unit."""
+    n = first_row.size
+    first_row = first_row.copy()
     own = np.flatnonzero(no_unit)
     first_row[own] = own
     distinct = first_row == np.arange(n)
@@ -826,15 +854,20 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
         _map_file(raw)
     # The rewards and activations are read on a second connection while this one scans the decisions
     # (each query waits in the database, not in Python). Both are bounded by the same largest seq.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         side = pool.submit(_side_queries, connection.engine, parts, params, float(slot["reward_window_s"]),
                            rewards_first, (low, top) if activations_first and top is not None else None)
+        unit_groups = pool.submit(_unit_groups, connection.engine, parts, params)
         try:
             n, blobs = _one_row(raw, _main_query(parts, arms, not activations_first), params)
         finally:
             if sqlite:
                 raw.text_factory = factory  # type: ignore[union-attr]
         rewards, activated_seq = side.result()
+        try:
+            units_seen, first_row = unit_groups.result()
+        except _Unsplittable:
+            units_seen, first_row = -1, None
     if not n:
         empty = np.zeros(0, dtype=np.int64)
         return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
@@ -848,9 +881,9 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every column was joined in this order
         raise RuntimeError("the report scan did not return the decisions in log order")
     no_unit = (packed & 8) > 0
-    try:
-        units = _unit_codes(blobs[1], n, no_unit)
-    except _Unsplittable:
+    if units_seen == n and first_row is not None:
+        units = _unit_codes(first_row, no_unit)
+    else:  # keys the joined text cannot carry (or the log lost rows between the two scans)
         rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE d.experiment_id = "
                           f"{parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
         units = _codes([r[0] if r[0] else object() for r in rows])[0]  # no unit key: its own unit
@@ -859,14 +892,14 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
                                              ("country", "country", None, ()),
                                              ("day_part", "daypart", 11, _DAYPARTS)):
         if shift is None:
-            segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[2])
+            segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[1])
             continue
         vocabulary = (packed >> shift) & 7
         if bool((vocabulary == _OTHER).any()):  # a value outside the vocabulary: read the strings
             segments[dimension] = _column_codes(raw, parts, column, params, n)
         else:
             segments[dimension] = _vocabulary_codes(vocabulary, labels)
-    bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[3])
+    bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[2])
     if activated_seq is not None:
         position = np.searchsorted(seq, activated_seq)
         found = position < n
@@ -1081,6 +1114,12 @@ def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot
     }
 
 
+def _offline_apart(engine: Engine, experiment: Mapping[str, Any], slot: Mapping[str, Any],
+                   policies: Mapping[str, Any] | None, control: str) -> dict[str, Any]:
+    with engine.connect() as connection:
+        return _offline_section(connection, experiment, slot, policies, control)
+
+
 def _chooser(policies: Mapping[str, Any] | None, name: str, connection: Connection) -> Any:
     if policies is not None and name in policies:
         return policies[name].chooser
@@ -1217,10 +1256,14 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
     arms = [a["name"] for a in experiment["arms"]]
     shares = {a["name"]: a["share"] for a in experiment["arms"]}
     control = experiment["control"]
-    data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
-    fetched = time.perf_counter()
-    offline_section = (_offline_section(connection, experiment, slot, policies, control) if offline
-                       else {"available": False, "reason": "offline section not requested"})
+    # the offline section (its own queries and policy evaluations) runs beside the scan, on its own connection
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        estimates = pool.submit(_offline_apart, connection.engine, experiment, slot, policies, control) \
+            if offline else None
+        data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
+        fetched = time.perf_counter()
+        offline_section = (estimates.result() if estimates is not None
+                           else {"available": False, "reason": "offline section not requested"})
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
