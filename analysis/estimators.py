@@ -59,6 +59,18 @@ Refused, with an :class:`EstimatorError` on ``logging_pmf``: ``bernstein``
 ``replay`` (it must verify uniform logging). ``unsupported_mass`` then counts
 only actions never chosen in the log (mu = 0 elsewhere means "unknown").
 
+**Cost** (``benchmarks/estimators.py``: 1,000,000 events x 20 actions). An
+:class:`EventData` computes its derived arrays once (chosen propensities, codes,
+the design [1, x]) and keeps, per (model, n_folds, seed), the folds, the
+cross-fitted models and q_{i,a_i}, so DR, switch-DR and every target policy on the
+same log share one fit, and DM one whole-log fit. For the linear ridge on a log
+with one catalog no (n, A) prediction array is made: sum_j pi_ij q_ij =
+sum_l phi_il (pi_i^T C_{k(i)})_l is one BLAS product of each block of pi with the
+stacked coefficients of every fold model. Passes over (n, A) arrays are blocked
+(in cache) and kept small enough for OpenBLAS to run them on one thread: its
+threads stall each other on a busy machine. Results equal the unblocked formulas
+to rounding (1e-15 relative; ``tests/analysis/test_estimators.py``).
+
 Flags (``Diagnostics.flags``): ``mean_weight_far_from_1`` (|mean w - 1| > 4
 standard errors: wrong propensities or unsupported target mass),
 ``tiny_ess`` (Kish effective sample size below max(10, 1% of n)),
@@ -74,9 +86,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -115,6 +128,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Method = Literal["ips", "snips", "dm", "dr", "switch_dr", "replay"]
 IntervalMethod = Literal["normal", "bootstrap", "bernstein"]
@@ -136,9 +150,11 @@ class EventData:
         reward: (n,) float64.
         chosen: (n,) int64, column of the chosen candidate.
         logging_pmf: (n, A) float64, 0 on padding.
-        mask: (n, A) bool, True where a candidate exists.
+        mask: (n, A) bool, True where a candidate exists (may be a read-only
+            broadcast view of one row when every candidate exists everywhere).
         codes: (n, A) int64, an integer per distinct action id (-1 on padding);
-            reward models are per action id, not per column.
+            reward models are per action id, not per column (may be a read-only
+            broadcast view of one row).
         n_codes: number of distinct action ids.
         features: (n, d) float64 numeric context features for reward models (d may be 0).
         chosen_only: the log knows the logging probability of the chosen candidate
@@ -150,6 +166,10 @@ class EventData:
             a-priori weight bound max_j pi_ij / mu_ij (so ``bernstein``) and ``replay``
             (its uniform-logging check). Probability 0 elsewhere means "unknown", not
             "unsupported".
+
+    The arrays are treated as immutable: derived arrays (the chosen propensities,
+    the reward models fitted on this log) are computed once per instance and
+    reused by every estimator called with it.
     """
 
     reward: np.ndarray
@@ -168,13 +188,14 @@ class EventData:
     @cached_property
     def full(self) -> bool:
         """Every row has every column (no padding)."""
-        return bool(self.mask.all())
+        return bool((self.mask[0] if _one_row(self.mask) else self.mask).all())
 
     @cached_property
     def same_catalog(self) -> bool:
         """Column j is action code j in every row: reward models reduce to matmuls."""
         width = self.codes.shape[1]
-        return self.n_codes == width and self.full and bool((self.codes == np.arange(width)).all())
+        codes = self.codes[0] if _one_row(self.codes) else self.codes
+        return self.n_codes == width and self.full and bool((codes == np.arange(width)).all())
 
     @cached_property
     def unsupported_cells(self) -> np.ndarray:
@@ -186,23 +207,53 @@ class EventData:
             if tried.all():
                 return np.zeros(0, dtype=np.int64)
             return np.flatnonzero(self.mask & ~tried[np.maximum(self.codes, 0)])
+        if tried.all() and self.full:
+            if self.logging_pmf.min() > 0:  # one reduction, no (n, A) temporaries
+                return np.zeros(0, dtype=np.int64)
+            return np.flatnonzero(self.logging_pmf <= 0)
         if tried.all():
             cells = self.mask & (self.logging_pmf <= 0)
         else:
             cells = self.mask & ((self.logging_pmf <= 0) | ~tried[np.maximum(self.codes, 0)])
         return np.flatnonzero(cells)
 
-    @property
+    @cached_property
     def rows(self) -> np.ndarray:
         return np.arange(self.n)
 
-    @property
-    def propensity(self) -> np.ndarray:
-        return cast(np.ndarray, self.logging_pmf[self.rows, self.chosen])
+    @cached_property
+    def chosen_flat(self) -> np.ndarray:
+        """Flat index i * A + a_i of each chosen cell: a gather instead of fancy indexing."""
+        return cast(np.ndarray, self.rows * self.logging_pmf.shape[1] + self.chosen)
 
-    @property
+    def at_chosen(self, values: np.ndarray) -> np.ndarray:
+        """(n,) entries of an (n, A) array at the chosen columns."""
+        if values.flags.c_contiguous:
+            return np.take(values.reshape(-1), self.chosen_flat)
+        return cast(np.ndarray, values[self.rows, self.chosen])
+
+    @cached_property
+    def propensity(self) -> np.ndarray:
+        return self.at_chosen(self.logging_pmf)
+
+    @cached_property
     def chosen_codes(self) -> np.ndarray:
-        return cast(np.ndarray, self.codes[self.rows, self.chosen])
+        if _one_row(self.codes):
+            return cast(np.ndarray, self.codes[0][self.chosen])
+        return self.at_chosen(self.codes)
+
+    @cached_property
+    def design(self) -> np.ndarray:
+        """(n, 1 + d) float64 phi_i = [1, x_i], the reward models' regressors."""
+        phi = np.empty((self.n, 1 + self.features.shape[1]))
+        phi[:, 0] = 1.0
+        phi[:, 1:] = self.features
+        return phi
+
+    @cached_property
+    def memo(self) -> dict[object, object]:
+        """Per-log cache of fitted reward models and folds, keyed by (kind, model, ...)."""
+        return {}
 
     @classmethod
     def from_log(cls, log: BanditLog, features: np.ndarray | None = None) -> EventData:
@@ -246,7 +297,8 @@ class EventData:
         if mu.ndim != 2 or mu.shape[0] != n:
             raise EstimatorError(f"logging_pmf must be (n={n}, A), got {mu.shape}", field="logging_pmf")
         width = mu.shape[1]
-        m = np.ones_like(mu, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        # no mask: one read-only row of True broadcast over the events (no (n, A) array)
+        m = np.broadcast_to(np.ones(width, dtype=bool), mu.shape) if mask is None else np.asarray(mask, dtype=bool)
         if m.shape != mu.shape:
             raise EstimatorError(f"mask must be {mu.shape}, got {m.shape}", field="mask")
         _check_pmf(mu, m, "logging_pmf", partial=chosen_only)
@@ -256,10 +308,14 @@ class EventData:
         c = c.astype(np.int64)
         if c.min() < 0 or c.max() >= width:
             raise EstimatorError("chosen index outside the candidate set", field="chosen")
-        if not (mu[np.arange(n), c] > 0).all():
+        chosen_mu = np.take(mu.reshape(-1), np.arange(n) * width + c) if mu.flags.c_contiguous else mu[np.arange(n), c]
+        if not (chosen_mu > 0).all():
             raise EstimatorError("a chosen action has logged probability 0", field="logging_pmf")
         if codes is None:
-            k = np.where(m, np.arange(width)[None, :], -1).astype(np.int64)
+            if mask is None:
+                k = np.broadcast_to(np.arange(width, dtype=np.int64), mu.shape)  # column j is action j
+            else:
+                k = np.where(m, np.arange(width)[None, :], -1).astype(np.int64)
             n_codes = width
         else:
             k = np.asarray(codes, dtype=np.int64)
@@ -276,17 +332,34 @@ class EventData:
         return cls(r, c, mu, m, k, n_codes, x, bool(chosen_only))
 
 
+def _one_row(array: np.ndarray) -> bool:
+    """A 2-D array that is one row broadcast over the events (stride 0 between rows)."""
+    return array.ndim == 2 and array.shape[0] > 0 and array.strides[0] == 0
+
+
 def _check_pmf(
     pmf: np.ndarray, mask: np.ndarray, name: str, full: bool | None = None, partial: bool = False
 ) -> None:
     """Finite, non-negative, no mass on padding, rows summing to 1 (to at most 1 when ``partial``)."""
-    # two passes over (n, A): row sums (NaN and inf propagate into them) and the minimum
-    sums = pmf.sum(axis=1)
+    # row sums (NaN and inf propagate into them; einsum is 3x faster than sum(axis=1) over
+    # short rows, and single-threaded unlike a BLAS matvec) and the minimum, both from one
+    # block of rows while it is in cache: one pass over memory instead of two
+    n = pmf.shape[0]
+    sums = np.empty(n)
+    low = math.inf
+    rows = _ROWS_PER_BLOCK
+    for start in range(0, n, rows):
+        block = pmf[start : start + rows]
+        np.einsum("ij->i", block, out=sums[start : start + rows])
+        if block.size:
+            low = min(low, float(block.min()))
     if not np.isfinite(sums).all():
         raise EstimatorError(f"{name} contains NaN or infinity", field=name)
-    if pmf.size and pmf.min() < 0:
+    if low < 0:
         raise EstimatorError(f"{name} has negative probabilities (negative weights)", field=name)
-    if not (mask.all() if full is None else full) and (pmf[~mask] != 0).any():
+    if full is None:
+        full = bool((mask[0] if _one_row(mask) else mask).all())
+    if not full and (pmf[~mask] != 0).any():
         raise EstimatorError(f"{name} puts mass on padding (no candidate there)", field=name)
     if partial:
         bad = np.flatnonzero(sums > 1.0 + _PMF_TOLERANCE)
@@ -339,7 +412,7 @@ def _check_reward_range(reward_range: tuple[float, float]) -> tuple[float, float
 
 def _weights(data: EventData, pi: np.ndarray) -> np.ndarray:
     # w_i = pi(a_i | x_i) / mu(a_i | x_i)
-    return cast(np.ndarray, pi[data.rows, data.chosen] / data.propensity)
+    return data.at_chosen(pi) / data.propensity
 
 
 def _max_weight_bound(data: EventData, pi: np.ndarray) -> float:
@@ -456,7 +529,8 @@ def _ridge_stats(
     n = rewards.shape[0]
     s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     p = features.shape[1] + 1
-    cols = [s] + [s * features[:, j] for j in range(p - 1)]  # s * phi_j
+    # s * phi_j (phi_j itself without sample weights: 1.0 * x == x exactly)
+    cols = [s] + [features[:, j] if sample_weight is None else s * features[:, j] for j in range(p - 1)]
     key = groups * n_codes + actions
     size = n_groups * n_codes
     sphi = np.empty((size, p))
@@ -486,6 +560,13 @@ class FittedRidge:
     coef: np.ndarray
     gram: np.ndarray
 
+    @cached_property
+    def linear(self) -> np.ndarray:
+        """(K, p) C with q(x, a) = phi(x)^T C_a: the pooled mean folded into the intercepts."""
+        c = self.coef.copy()
+        c[:, 0] += self.base
+        return c
+
     def predict(self, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
         n = features.shape[0]
         k = self.coef.shape[0]
@@ -499,7 +580,9 @@ class FittedRidge:
         pred = np.take_along_axis(np.broadcast_to(by_code, (n, k)), np.where(valid, codes, 0), axis=1)
         return np.where(valid, pred, 0.0)
 
-    def influence(self, data: EventData, pi: np.ndarray, q_chosen: np.ndarray) -> np.ndarray:
+    def influence(
+        self, data: EventData, pi: np.ndarray, q_chosen: np.ndarray, g: np.ndarray | None = None
+    ) -> np.ndarray:
         """First-order influence of the model fit on DM = mean_i sum_j pi_ij q_ij.
 
         DM = rbar + sum_a G_a^T beta_a with G_a = (1/n) sum_i pi_ia phi_i. Perturbing
@@ -507,13 +590,16 @@ class FittedRidge:
         (r_i - rbar), which moves every beta_a by -M_a^{-1} Phi_a^T 1 (r_i - rbar).
         Returns c (r_i - rbar) + omega_i (r_i - q_i) with omega_i = n phi_i^T M_{a_i}^{-1} G_{a_i}
         and c = 1 - sum_a G_a^T M_a^{-1} Phi_a^T 1 (0 for least squares with an intercept).
+        ``g``: n G (K, p) when already computed (same catalog: pi^T Phi).
         """
         n = data.n
         k = self.coef.shape[0]
-        phi = np.hstack([np.ones((n, 1)), data.features])
+        phi = data.design
         p = phi.shape[1]
         a = data.chosen_codes
-        if data.same_catalog:
+        if g is not None:
+            g = g / n
+        elif data.same_catalog:
             g = (pi.T @ phi) / n  # G_a = (1/n) sum_i pi_ia phi_i
         else:
             valid = data.codes >= 0
@@ -547,6 +633,8 @@ class Contributions:
     values: np.ndarray
     bounds: tuple[float, float] | None = None
     ratio: tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]] | None = None
+    weights: np.ndarray | None = None
+    """The importance weights w_i when the estimator computed them (saves diagnose a pass)."""
 
 
 class Estimator(Protocol):
@@ -583,10 +671,10 @@ class IPS(_NoModel):
     ) -> Contributions:
         w = _weights(data, pi)
         if not bounds:
-            return Contributions(w * data.reward)
+            return Contributions(w * data.reward, weights=w)
         w_max = _max_weight_bound(data, pi)
         lo, hi = reward_range
-        return Contributions(w * data.reward, (min(0.0, w_max * lo), max(0.0, w_max * hi)))
+        return Contributions(w * data.reward, (min(0.0, w_max * lo), max(0.0, w_max * hi)), weights=w)
 
 
 @dataclass(frozen=True)
@@ -601,11 +689,12 @@ class SNIPS(_NoModel):
     ) -> Contributions:
         w = _weights(data, pi)
         w_max = _max_weight_bound(data, pi) if bounds else math.nan
-        return _ratio_contributions(w, data.reward, w_max, reward_range)
+        return _ratio_contributions(w, data.reward, w_max, reward_range, weights=w)
 
 
 def _ratio_contributions(
-    den: np.ndarray, reward: np.ndarray, den_max: float, reward_range: tuple[float, float]
+    den: np.ndarray, reward: np.ndarray, den_max: float, reward_range: tuple[float, float],
+    weights: np.ndarray | None = None,
 ) -> Contributions:
     lo, hi = reward_range
     mean_den = float(den.mean())
@@ -617,7 +706,7 @@ def _ratio_contributions(
         # delta method: V + den_i (r_i - V) / mean(den); mean is exactly V
         values = value + den * (reward - value) / mean_den
     num_bounds = (min(0.0, den_max * lo), max(0.0, den_max * hi))
-    return Contributions(values, None, (num, den, num_bounds, (0.0, den_max)))
+    return Contributions(values, None, (num, den, num_bounds, (0.0, den_max)), weights)
 
 
 @dataclass(frozen=True)
@@ -637,16 +726,37 @@ class Replay(_NoModel):
                 "(EventData.chosen_only): use ips, snips or dr",
                 field="logging_pmf",
             )
-        k = data.mask.sum(axis=1)
-        if (k != k[0]).any():
-            raise EstimatorError("replay needs the same number of candidates in every event", field="logging_pmf")
-        if np.abs(data.logging_pmf[data.mask] - 1.0 / k[0]).max() > _PMF_TOLERANCE:
+        mu = data.logging_pmf
+        width = mu.shape[1]
+        if data.full:  # max |mu - 1/A| from two reductions, no (n, A) temporary
+            share = 1.0 / width
+            off = max(float(mu.max()) - share, share - float(mu.min()))
+        else:
+            k = data.mask.sum(axis=1)
+            if (k != k[0]).any():
+                raise EstimatorError("replay needs the same number of candidates in every event", field="logging_pmf")
+            off = float(np.abs(mu[data.mask] - 1.0 / k[0]).max())
+        if off > _PMF_TOLERANCE:
             raise EstimatorError("replay needs uniformly logged data; use ips/snips/dr", field="logging_pmf")
         rng = np.random.default_rng(seed)
-        cdf = np.cumsum(pi, axis=1)
-        u = rng.random(data.n)[:, None] * cdf[:, -1:]
-        draw = np.minimum((cdf <= u).sum(axis=1), pi.shape[1] - 1)
-        match = (draw == data.chosen).astype(np.float64)
+        u = rng.random(data.n)
+        # The target's draw is the first column whose cumulative target mass exceeds
+        # u_i sum_j pi_ij (clamped to the last column); it equals a_i exactly when
+        # cdf_{a_i - 1} <= u < cdf_{a_i} (or a_i is the last column). Only those two
+        # cdf entries per event are kept: cumsum in row blocks, no (n, A) array.
+        below = np.full(data.n, -np.inf)
+        at = np.empty(data.n)
+        chosen = data.chosen
+        for start in range(0, data.n, _ROWS_PER_BLOCK):
+            stop = min(data.n, start + _ROWS_PER_BLOCK)
+            cdf = np.cumsum(pi[start:stop], axis=1)
+            rows = np.arange(stop - start)
+            a = chosen[start:stop]
+            u[start:stop] *= cdf[:, -1]
+            at[start:stop] = cdf[rows, a]
+            inner = a > 0
+            below[start:stop][inner] = cdf[rows[inner], a[inner] - 1]
+        match = ((below <= u) & ((u < at) | (chosen == width - 1))).astype(np.float64)
         if match.sum() == 0:
             raise EstimatorError("replay matched no event: the target never agrees with the log", field="target_pmf")
         return _ratio_contributions(match, data.reward, 1.0, reward_range)
@@ -674,9 +784,7 @@ class DirectMethod:
         self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         _check_model(self.reward_model)
-        fitted = self.reward_model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
-        q = fitted.predict(data.features, data.codes)
-        plug = (pi * q).sum(axis=1)
+        fitted = _fit_whole(self.reward_model, data)
         influence = getattr(fitted, "influence", None)
         if influence is None:
             raise EstimatorError(
@@ -684,13 +792,14 @@ class DirectMethod:
                 "uncertainty: use interval='bootstrap'",
                 field="reward_model",
             )
-        values = plug + influence(data, pi, q[data.rows, data.chosen])
-        return Contributions(values, None)
+        plug, q_chosen, g = _model_terms(data, pi, [fitted], None, with_g=True, key=("fit", self.reward_model))
+        if g is not None:
+            return Contributions(plug + influence(data, pi, q_chosen, g), None)
+        return Contributions(plug + influence(data, pi, q_chosen), None)
 
     def plug_in(self, data: EventData, pi: np.ndarray) -> np.ndarray:
         """OBP's DM contributions: sum_j pi_ij q_ij with the model held fixed."""
-        fitted = self.reward_model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
-        return cast(np.ndarray, (pi * fitted.predict(data.features, data.codes)).sum(axis=1))
+        return _model_terms(data, pi, [_fit_whole(self.reward_model, data)], None)[0]
 
     def refit_replicates(
         self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
@@ -701,7 +810,7 @@ class DirectMethod:
         for b in range(n_resamples):
             s = rng.poisson(1.0, data.n).astype(np.float64)
             fitted = self.reward_model.fit(data.features, actions, data.reward, data.n_codes, s)
-            plug = (pi * fitted.predict(data.features, data.codes)).sum(axis=1)
+            plug = _model_terms(data, pi, [fitted], None)[0]
             out[b] = (s @ plug) / max(s.sum(), 1.0)
         return out
 
@@ -714,21 +823,110 @@ def _folds(n: int, n_folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % n_folds
 
 
-def _cross_fit(
+def _memoised(data: EventData, key: tuple[object, ...], make: Callable[[], T]) -> T:
+    """``make()`` once per (log, key); unhashable keys (a model without __hash__) are not cached."""
+    try:
+        hit = data.memo.get(key)
+    except TypeError:
+        return make()
+    if hit is None:
+        hit = data.memo[key] = make()
+    return cast(T, hit)
+
+
+def _fit_whole(model: RewardModel, data: EventData) -> FittedRewardModel:
+    """The model fitted on the whole log, once per (log, model)."""
+    return _memoised(
+        data, ("fit", model), lambda: model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
+    )
+
+
+def _fit_folds(
     model: RewardModel, data: EventData, fold: np.ndarray, n_folds: int, s: np.ndarray | None = None
-) -> np.ndarray:
-    """(n, A) predictions; events in fold k predicted by a model fitted without fold k."""
-    q = np.empty(data.logging_pmf.shape)
+) -> list[FittedRewardModel]:
+    """Model k fitted without fold k."""
     actions = data.chosen_codes
     fit_folds = getattr(model, "fit_folds", None)
     if fit_folds is not None:
-        models = fit_folds(data.features, actions, data.reward, data.n_codes, fold, n_folds, s)
-    else:
-        base = np.ones(data.n) if s is None else s
-        models = [
-            model.fit(data.features, actions, data.reward, data.n_codes, np.where(fold == k, 0.0, base))
-            for k in range(n_folds)
-        ]
+        return cast(list[FittedRewardModel], fit_folds(data.features, actions, data.reward, data.n_codes, fold, n_folds, s))
+    base = np.ones(data.n) if s is None else s
+    return [
+        model.fit(data.features, actions, data.reward, data.n_codes, np.where(fold == k, 0.0, base))
+        for k in range(n_folds)
+    ]
+
+
+def _cross_fitted(
+    model: RewardModel, data: EventData, n_folds: int, seed: int
+) -> tuple[np.ndarray, list[FittedRewardModel]]:
+    """Folds and the cross-fitted models, once per (log, model, n_folds, seed): DR and
+    switch-DR (and every target policy evaluated on the same log) share them."""
+    fold = _memoised(data, ("folds", n_folds, seed), lambda: _folds(data.n, n_folds, seed))
+    models = _memoised(data, ("cross_fit", model, n_folds, seed), lambda: _fit_folds(model, data, fold, n_folds))
+    return fold, models
+
+
+_ROWS_PER_BLOCK = 8192  # events per block: a (block, A) slice of pi stays in cache
+# OpenBLAS runs a product on one thread when m * n * k < 65536 * 4 (interface/gemm.c). Products
+# in a loop are kept below that: on a loaded machine its threads wait for each other at every
+# call (measured: DR 0.22 s single-threaded, 0.5 to 1.3 s threaded, on 2 busy cores).
+_ONE_THREAD_FLOPS = 262_143
+
+
+def _block_rows(columns: int) -> int:
+    """Rows per block for products of (rows, columns) work: in cache, and on one BLAS thread."""
+    return max(64, min(_ROWS_PER_BLOCK, _ONE_THREAD_FLOPS // max(columns, 1)))
+
+
+def _model_terms(
+    data: EventData, pi: np.ndarray, models: Sequence[FittedRewardModel], fold: np.ndarray | None,
+    with_g: bool = False, key: tuple[object, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """sum_j pi_ij q_ij and q_{i,a_i} (n,) with q of event i from ``models[fold[i]]``
+    (``models[0]`` when ``fold`` is None), and pi^T Phi (A, p) when ``with_g`` and the log
+    has one catalog.
+
+    Linear models on one catalog (the ridge: q_ij = phi_i^T C_j) need no (n, A)
+    prediction array: sum_j pi_ij q_ij = sum_l phi_il (pi_i^T C_{k(i)})_l, so one BLAS
+    product of each block of pi with the stacked (A, K p) coefficients of every fold
+    model gives every event's value for every fold; each event keeps its own fold's.
+    Otherwise the models' ``predict`` fills (n, A) predictions. ``key``: the memo key of
+    ``models`` on ``data``; q_{i,a_i} does not depend on pi and is then computed once.
+    """
+    k = len(models)
+    which = np.zeros(data.n, dtype=np.int64) if fold is None else fold
+    linear = [getattr(m, "linear", None) for m in models]
+    if data.same_catalog and all(isinstance(c, np.ndarray) for c in linear):
+        coefs = np.stack(cast(list[np.ndarray], linear))  # (K, A, p)
+        width, p = coefs.shape[1], coefs.shape[2]
+        stacked = coefs.transpose(1, 0, 2).reshape(width, k * p)  # (A, K p)
+        phi = data.design
+        plug = np.empty(data.n)
+        g = np.zeros((width, p)) if with_g else None
+        rows = _block_rows(width * k * p)
+        pick = data.rows * k + which  # row i * K + fold of i in the flat (rows K, p) products
+        for start in range(0, data.n, rows):
+            stop = min(data.n, start + rows)
+            block = pi[start:stop]
+            by_fold = (block @ stacked).reshape(-1, p)  # pi_i^T C_k for every k: rows (i, k)
+            mine = by_fold if k == 1 else np.take(by_fold, pick[start:stop] - start * k, axis=0)
+            plug[start:stop] = np.einsum("np,np->n", mine, phi[start:stop])
+            if g is not None:
+                g += block.T @ phi[start:stop]  # sum_i pi_ia phi_i
+        def chosen_terms() -> np.ndarray:  # q_{i,a_i} = phi_i^T C_{k(i), a_i}
+            at = np.take(coefs.reshape(k * width, p), which * width + data.chosen_codes, axis=0)
+            return cast(np.ndarray, np.einsum("np,np->n", at, phi))
+        q_chosen = chosen_terms() if key is None else _memoised(data, ("q_chosen", *key), chosen_terms)
+        return plug, q_chosen, g
+    q = _predictions(data, models, which)
+    return cast(np.ndarray, (pi * q).sum(axis=1)), data.at_chosen(q), None
+
+
+def _predictions(data: EventData, models: Sequence[FittedRewardModel], fold: np.ndarray) -> np.ndarray:
+    """(n, A) predictions; events in fold k predicted by ``models[k]``."""
+    if len(models) == 1:
+        return models[0].predict(data.features, data.codes)
+    q = np.empty(data.logging_pmf.shape)
     for k, fitted in enumerate(models):
         inside = np.flatnonzero(fold == k)
         codes = (
@@ -755,25 +953,30 @@ class DoublyRobust:
         if not self.switch_tau > 0:
             raise EstimatorError("switch_tau must be > 0", field="switch_tau")
 
-    def _values(self, data: EventData, pi: np.ndarray, q: np.ndarray) -> np.ndarray:
+    def _values(
+        self, data: EventData, pi: np.ndarray, models: Sequence[FittedRewardModel], fold: np.ndarray,
+        key: tuple[object, ...] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Contributions and the weights w_i."""
+        plug, q_chosen, _ = _model_terms(data, pi, models, fold, key=key)
         w = _weights(data, pi)
         keep = w <= self.switch_tau
-        return cast(np.ndarray, (pi * q).sum(axis=1) + np.where(keep, w * (data.reward - q[data.rows, data.chosen]), 0.0))
+        return plug + np.where(keep, w * (data.reward - q_chosen), 0.0), w
 
     def contributions(
         self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
     ) -> Contributions:
         _check_model(self.reward_model)
-        q = _cross_fit(self.reward_model, data, _folds(data.n, self.n_folds, seed), self.n_folds)
-        values = self._values(data, pi, q)
+        fold, models = _cross_fitted(self.reward_model, data, self.n_folds, seed)
+        values, w = self._values(data, pi, models, fold, ("cross_fit", self.reward_model, self.n_folds, seed))
         if not bounds:
-            return Contributions(values)
+            return Contributions(values, weights=w)
         lo, hi = reward_range
-        qv = q[data.mask]
+        qv = _predictions(data, models, fold)[data.mask]
         q_lo, q_hi = float(qv.min()), float(qv.max())
         w_max = min(_max_weight_bound(data, pi), self.switch_tau)
         span = (q_lo + min(0.0, w_max * (lo - q_hi)), q_hi + max(0.0, w_max * (hi - q_lo)))
-        return Contributions(values, span)
+        return Contributions(values, span, weights=w)
 
     def refit_replicates(
         self, data: EventData, pi: np.ndarray, n_resamples: int, seed: int
@@ -783,8 +986,8 @@ class DoublyRobust:
         out = np.empty(n_resamples)
         for b in range(n_resamples):
             s = rng.poisson(1.0, data.n).astype(np.float64)
-            q = _cross_fit(self.reward_model, data, fold, self.n_folds, s)
-            out[b] = (s @ self._values(data, pi, q)) / max(s.sum(), 1.0)
+            models = _fit_folds(self.reward_model, data, fold, self.n_folds, s)
+            out[b] = (s @ self._values(data, pi, models, fold)[0]) / max(s.sum(), 1.0)
         return out
 
 
@@ -859,12 +1062,15 @@ class Estimate:
         return self.diagnostics.flags
 
 
-def diagnose(data: EventData, pi: np.ndarray, reward_range: tuple[float, float] = (0.0, 1.0)) -> Diagnostics:
-    """Weight and support diagnostics of target ``pi`` (n, A) on ``data``."""
-    w = _weights(data, pi)
+def diagnose(
+    data: EventData, pi: np.ndarray, reward_range: tuple[float, float] = (0.0, 1.0), weights: np.ndarray | None = None
+) -> Diagnostics:
+    """Weight and support diagnostics of target ``pi`` (n, A) on ``data``
+    (``weights``: w_i when already computed)."""
+    w = _weights(data, pi) if weights is None else weights
     n = data.n
     total = float(w.sum())
-    sq = float(w @ w)
+    sq = float(np.einsum("i,i->", w, w))  # not BLAS ddot: no OpenBLAS threads woken (see _ONE_THREAD_FLOPS)
     ess = total * total / sq if sq > 0 else 0.0
     mean_w = total / n
     max_w = float(w.max())
@@ -980,7 +1186,7 @@ def estimate(
         if reward_range[0] > data.reward.min() or reward_range[1] < data.reward.max():
             raise EstimatorError("bernstein needs every reward inside reward_range", field="reward_range")
         ci = _bernstein(contrib, rr, level, method)
-    diagnostics = diagnose(data, pi, rr)
+    diagnostics = diagnose(data, pi, rr, contrib.weights)
     flags = diagnostics.flags
     if math.isfinite(value) and not (rr[0] - 1e-12 <= value <= rr[1] + 1e-12):
         flags = (*flags, "out_of_reward_range")

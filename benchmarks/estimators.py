@@ -1,6 +1,6 @@
 """Timing of the offline estimators on a 1,000,000-event log, and a large coverage run.
 
-    .venv/bin/python benchmarks/estimators.py                 # timings (table)
+    .venv/bin/python benchmarks/estimators.py                 # timings (table, then the two summary lines)
     .venv/bin/python benchmarks/estimators.py --n 200000      # smaller log
     .venv/bin/python benchmarks/estimators.py --coverage      # coverage, 1000 reps per regime
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,33 +44,39 @@ def synthetic(n: int, n_actions: int = 20, seed: int = 0) -> tuple[EventData, np
     return EventData.from_arrays(r, chosen, mu, features=x), pi, truth
 
 
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
 def timings(n: int, n_resamples: int, refit_resamples: int) -> None:
+    print(f"start: {_load()}")
     t0 = time.perf_counter()
-    data, pi, truth = synthetic(n)
+    generated, pi, truth = synthetic(n)
     t_gen = time.perf_counter() - t0
+    # a fresh EventData, timed: validation is part of "all estimators" (and its caches start cold)
     t0 = time.perf_counter()
-    EventData.from_arrays(data.reward, data.chosen, data.logging_pmf, features=data.features)
+    data = EventData.from_arrays(generated.reward, generated.chosen, generated.logging_pmf, features=generated.features)
     t_prep = time.perf_counter() - t0
     print(f"n = {n:,} events, 20 actions; generate {t_gen:.2f} s, validate into EventData {t_prep:.3f} s")
     print(f"target value on these contexts: {truth:.5f}\n")
     print(f"{'method':<10} {'interval':<18} {'seconds':>8} {'value':>9} {'ci_low':>9} {'ci_high':>9}  flags")
-    total_normal = 0.0
 
-    def row(method: str, interval: str, **kw: object) -> float:
+    def row(method: str, interval: str, on: EventData = data, **kw: object) -> float:
         t = time.perf_counter()
-        e = estimate(data, pi, method, interval, n_resamples=n_resamples, **kw)  # type: ignore[arg-type]
+        e = estimate(on, pi, method, interval, n_resamples=n_resamples, **kw)  # type: ignore[arg-type]
         dt = time.perf_counter() - t
         label = e.interval if interval != "bootstrap" else f"{e.interval}({kw.get('n_resamples', n_resamples)})"
         print(f"{method:<10} {label:<18} {dt:8.3f} {e.value:9.5f} {e.ci_low:9.5f} {e.ci_high:9.5f}  {','.join(e.flags)}")
         return dt
 
-    for method in METHODS:
-        if method == "replay":
-            continue  # needs uniform logging; timed below on a uniform log
-        total_normal += row(method, "normal")
-    print(f"{'all five':<10} {'normal':<18} {total_normal:8.3f}")
-    for method in ("ips", "snips", "dm", "dr"):
-        row(method, "bootstrap", refit=False)
+    five = sum(row(method, "normal") for method in METHODS if method != "replay")
+    # replay needs uniform logging: the same events and target on a uniformly logged copy
+    t0 = time.perf_counter()
+    uniform = EventData.from_arrays(data.reward, data.chosen, np.full(data.logging_pmf.shape, 1 / 20))
+    t_uniform = time.perf_counter() - t0
+    replay = row("replay", "normal", on=uniform)
+    boot = {method: row(method, "bootstrap", refit=False) for method in ("ips", "snips", "dm", "dr")}
     for method in ("ips", "snips", "dr"):
         row(method, "bernstein")
     for method in ("dm", "dr"):
@@ -80,10 +87,18 @@ def timings(n: int, n_resamples: int, refit_resamples: int) -> None:
             f"{method:<10} {'refit(' + str(refit_resamples) + ')':<18} {dt:8.3f} {e.value:9.5f} "
             f"{e.ci_low:9.5f} {e.ci_high:9.5f}  ({dt / refit_resamples:.3f} s per resample)"
         )
-    uniform = EventData.from_arrays(data.reward, data.chosen, np.full(data.logging_pmf.shape, 1 / 20))
-    t = time.perf_counter()
-    e = estimate(uniform, pi, "replay", "normal")
-    print(f"{'replay':<10} {'normal (uniform)':<18} {time.perf_counter() - t:8.3f} {e.value:9.5f}")
+    print()
+    print(
+        f"all estimators, normal intervals, {n:,} events: {t_prep + five:.3f} s "
+        f"(EventData {t_prep:.3f} + ips/snips/dm/dr/switch_dr {five:.3f}); "
+        f"with replay on the uniform copy {t_prep + five + t_uniform + replay:.3f} s"
+    )
+    print(
+        f"bootstrap, {n_resamples} resamples: "
+        + ", ".join(f"{m} {dt:.2f} s" for m, dt in boot.items())
+        + f" (mean {sum(boot.values()) / len(boot):.2f} s per estimator)"
+    )
+    print(f"end: {_load()}")
 
 
 def coverage(reps: int) -> None:

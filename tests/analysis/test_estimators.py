@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -228,3 +229,117 @@ def test_empty_log_is_refused() -> None:
 
 def test_public_surface() -> None:
     assert {"estimate", "contributions", "EventData", "Estimate", "Diagnostics", "RidgeRewardModel"} <= set(est.__all__)
+
+
+# ---------------------------------------------------------------- the fast paths equal the plain formulas
+
+
+def _softmax_log(seed: int, n: int = 3000, a: int = 6) -> tuple[EventData, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 2))
+    logits = x @ rng.normal(size=(2, a))
+    mu = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pi = np.exp(3 * logits) / np.exp(3 * logits).sum(axis=1, keepdims=True)
+    chosen = np.array([rng.choice(a, p=row) for row in mu])
+    r = (rng.random(n) < 0.2 + 0.5 * x[:, 0] * (chosen % 2)).astype(np.float64)
+    return EventData.from_arrays(r, chosen, mu, features=x), pi
+
+
+@dataclass(frozen=True)
+class _PredictOnly:
+    """The ridge seen only through fit/predict (no ``linear``, no ``influence``): the generic path."""
+
+    inner: RidgeRewardModel = RidgeRewardModel()
+
+    def fit(self, features, actions, rewards, n_codes, sample_weight=None):  # type: ignore[no-untyped-def]
+        fitted = self.inner.fit(features, actions, rewards, n_codes, sample_weight)
+        return _Predictor(fitted.predict)
+
+
+@dataclass(frozen=True)
+class _Predictor:
+    predict: object
+
+
+@pytest.mark.parametrize("method", ["dr", "switch_dr"])
+def test_linear_fast_path_equals_predictions(method: str) -> None:
+    """sum_j pi_ij q_ij through pi^T C (no (n, A) predictions) equals the (n, A) prediction path."""
+    data, pi = _softmax_log(4)
+    fast = contributions(data, pi, method, seed=2, switch_tau=3.0)
+    slow = contributions(data, pi, method, seed=2, switch_tau=3.0, reward_model=_PredictOnly())
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-13)
+    # DM's plug-in, and the influence-carrying contributions against the formula with predictions
+    model = RidgeRewardModel()
+    fitted = model.fit(data.features, data.chosen_codes, data.reward, data.n_codes)
+    q = fitted.predict(data.features, data.codes)
+    np.testing.assert_allclose(DirectMethod(model).plug_in(data, pi), (pi * q).sum(axis=1), rtol=1e-12)
+    dm = contributions(data, pi, "dm")
+    by_formula = (pi * q).sum(axis=1) + fitted.influence(data, pi, q[np.arange(data.n), data.chosen])
+    np.testing.assert_allclose(dm, by_formula, rtol=1e-12, atol=1e-13)
+
+
+def test_reward_models_are_fitted_once_per_log_and_shared() -> None:
+    """DR and switch-DR (and every target) on one EventData share the cross-fitted models."""
+    calls: list[str] = []
+
+    @dataclass(frozen=True)
+    class Counting:
+        inner: RidgeRewardModel = RidgeRewardModel()
+
+        def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append("fit")
+            return self.inner.fit(*args, **kwargs)
+
+        def fit_folds(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append("fit_folds")
+            return self.inner.fit_folds(*args, **kwargs)
+
+    data, pi = _softmax_log(5)
+    model = Counting()
+    first = estimate(data, pi, "dr", reward_model=model)
+    estimate(data, pi, "switch_dr", reward_model=model)
+    estimate(data, np.full_like(pi, 1 / pi.shape[1]), "dr", reward_model=model)
+    estimate(data, pi, "dm", reward_model=model)
+    estimate(data, pi, "dm", reward_model=model)
+    assert calls == ["fit_folds", "fit"]
+    again = estimate(EventData.from_arrays(data.reward, data.chosen, data.logging_pmf, features=data.features), pi,
+                     "dr", reward_model=model)
+    assert calls == ["fit_folds", "fit", "fit_folds"]  # a new log fits anew
+    assert again == first
+    estimate(data, pi, "dr", reward_model=model, seed=9)  # other folds: refitted
+    assert calls[-1] == "fit_folds" and len(calls) == 4
+
+
+def test_replay_match_equals_the_drawn_action() -> None:
+    """The two-cdf-entry test equals drawing the target's action and comparing (padding included)."""
+    rng = np.random.default_rng(8)
+    n, a = 5000, 5
+    pi = rng.random((n, a)) * (rng.random((n, a)) < 0.7)
+    pi[:, 2] += 0.01
+    pi /= pi.sum(axis=1, keepdims=True)
+    chosen = rng.integers(0, a, n)
+    r = rng.random(n)
+    data = EventData.from_arrays(r, chosen, np.full((n, a), 1 / a))
+    got = contributions(data, pi, "replay", seed=4)
+    draw_rng = np.random.default_rng(4)
+    cdf = np.cumsum(pi, axis=1)
+    u = draw_rng.random(n)[:, None] * cdf[:, -1:]
+    match = np.minimum((cdf <= u).sum(axis=1), a - 1) == chosen
+    value = r[match].mean()
+    np.testing.assert_allclose(got.mean(), value, rtol=1e-12)
+    np.testing.assert_allclose(got, value + match * (r - value) / match.mean(), rtol=1e-12)
+
+
+def test_resample_statistic_is_the_poisson_weight_matrix_product() -> None:
+    """Blocked resampling draws the same weights as poisson_weight_chunks: W @ values, exactly."""
+    from analysis.intervals import poisson_weight_chunks
+
+    rng = np.random.default_rng(1)
+    cols = rng.random((10_000, 2))  # not a multiple of the 4096-event chunk
+    got = resample_statistic(cols, lambda m: m, n_resamples=37, seed=5)  # nor of the 16-resample block
+    centre = cols.mean(axis=0)
+    work = np.column_stack([cols - centre, np.ones(len(cols))]).astype(np.float32)
+    acc = np.zeros((37, 3))
+    for events, weights in poisson_weight_chunks(len(cols), 37, 5):
+        acc += weights @ work[events]
+    np.testing.assert_array_equal(got, centre + acc[:, :2] / np.maximum(acc[:, 2:], 1.0))
