@@ -493,6 +493,8 @@ _NO_ARM = 15
 _NULL_UNIT = "#" * 32  # stands for a missing unit key (then the event is the unit), keeps unit keys fixed-width
 _DEVICES = (*DEVICE_TYPES, *(() if "unknown" in DEVICE_TYPES else ("unknown",)))
 _DAYPARTS = (*DAYPARTS, "unknown")
+if max(len(_DEVICES), len(_DAYPARTS)) >= _OTHER:  # three bits per vocabulary, 7 for any other value
+    raise ImportError("the device type or day part vocabulary outgrew the report's packed codes")
 # bit layout of the packed integer: 0 fallback, 1 deferred, 2 activated, 3 no unit key,
 # 4-7 arm position (15: not an arm of the experiment), 8-10 device type, 11-13 day part, 14- seq
 
@@ -822,12 +824,15 @@ def _seq_range(connection: Connection, experiment_id: int) -> tuple[Any, Any]:
 
 def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
                           bucket: str = "day") -> ExperimentData:
-    """Pull the experiment's decisions (one scan) and their windowed rewards; encode them as numpy columns.
+    """Pull the experiment's decisions and their windowed rewards; encode them as numpy columns.
 
     Rows are the experiment's decisions up to the largest ``seq`` when the pull starts, in log
     order. Per decision: arm, unit (``unit_key``, else the event), fallback and deferred flags,
-    activation (an ``EXISTS`` probe), device type, country and day part (the columns of migration
-    0005; missing -> "unknown"), time bucket. Rewards arrive as (seq, reward id, value) rows of the
+    activation, device type, country and day part (the columns of migration 0005; missing ->
+    "unknown"), time bucket. Four queries, three of them on connections of their own so that they
+    overlap: the decisions' packed codes, country and timestamp; their unit keys; the windowed
+    rewards with (SQLite, when fewer than the decisions) the activated seqs; without that walk an
+    ``EXISTS`` probe per decision marks the activated ones. Rewards arrive as (seq, reward id, value) rows of the
     rewards received within ``reward_window_s`` of their decision and are aggregated here with the
     slot's rule in reward-id order: ``sum``, ``max``, or ``first`` (lowest id); then clipped to the
     reward range; the slot's default reward when none came (the learner's rule).
