@@ -62,7 +62,7 @@ def _settle(items: list[_Item]) -> None:
 
 
 class LogWriter:
-    def __init__(self, engine: Engine, *, gather_ms: float = 2.0, max_batch: int = 500,
+    def __init__(self, engine: Engine, *, gather_ms: float = 0.0, max_batch: int = 500,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self._engine = engine
         self._gather_s = gather_ms / 1000.0

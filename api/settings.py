@@ -52,6 +52,9 @@ class ServiceSettings:
     group_commit_ms: float = 0.0
     """Extra time the log writer waits to gather rows into one transaction. 0: it commits whatever
     queued up while the previous commit ran (batches grow with load, latency stays low)."""
+    switch_interval_ms: float = 0.5
+    """Python's thread switch interval in the server (default 5 ms): lets the log writer thread
+    take the GIL promptly from a busy event loop, so commits and responses are not held up."""
     reload_interval_s: float = 1.0
     """How often a worker polls for changed slots, policies and new model snapshots."""
     embedded_learner: bool = True
@@ -70,6 +73,8 @@ class ServiceSettings:
                 raise SettingsError(f"{name} must be a positive integer")
         if not 0.0 <= self.group_commit_ms <= 1000.0:
             raise SettingsError("group_commit_ms must be within [0, 1000]")
+        if not 0.05 <= self.switch_interval_ms <= 100:
+            raise SettingsError("switch_interval_ms must be within [0.05, 100]")
         if not 0.05 <= self.reload_interval_s <= 3600:
             raise SettingsError("reload_interval_s must be within [0.05, 3600]")
 
