@@ -86,9 +86,8 @@ async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, An
             raise ApiError(503, "log_unavailable", "the decision log cannot be written; serve your default block",
                            None) from error
         row = stored  # a concurrent repeat of the same event id won the race: answer with it
-    features = row["inline_candidates"] and {c["id"]: c["features"] for c in row["inline_candidates"]}
-    if not features:
-        features = {c.id: c.features for c in slot_state.candidates}
+    inline = row["inline_candidates"]
+    features = {c["id"]: c["features"] for c in inline} if inline else slot_state.features_by_id
     metrics: Metrics = state.metrics
     metrics.decisions.labels(slot).inc()
     metrics.decide_latency.observe(time.perf_counter() - started)

@@ -43,6 +43,8 @@ class SlotState:
     revision: int
     candidates: tuple[Candidate, ...] = ()
     by_id: Mapping[str, Candidate] = field(default_factory=dict)
+    features_by_id: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Block id -> features of this catalog version, built once (the decide response needs it)."""
 
     @property
     def catalog_key(self) -> str:
@@ -139,6 +141,7 @@ class Registry:
             revision=row["revision"],
             candidates=candidates,
             by_id={c.id: c for c in candidates},
+            features_by_id={c.id: c.features for c in candidates},
         )
 
     def _load_policy(self, connection: Any, name: str, version: int) -> PolicyState:
