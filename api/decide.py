@@ -1,7 +1,7 @@
 """The decide hot path: request -> context features -> policy pmf -> seeded choice -> log row.
 
 Pure computation apart from two reads of shared state (the registry and the
-writer's pending rows); the database write is the caller's (``DecisionWriter``).
+writer's pending rows); the database write is the caller's (``api.log_writer.LogWriter``).
 """
 
 from __future__ import annotations

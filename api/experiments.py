@@ -112,7 +112,6 @@ __all__ = [
     "ExperimentBook",
     "RunningExperiment",
     "add_commands",
-    "beacon_token",
     "build_report",
     "clear_report_cache",
     "report_csv",
@@ -1472,11 +1471,8 @@ def report_csv(report: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- beacons
 
 
-beacon_token = event_token  # one definition, in api.decide
-
-
 def _check_token(state: State, event_id: str, token: str | None) -> None:
-    if not token or not hmac.compare_digest(token, beacon_token(state.decider.secret, event_id)):
+    if not token or not hmac.compare_digest(token, event_token(state.decider.secret, event_id)):
         raise ApiError(401, "unauthorized", "missing or wrong beacon token for this event", "t")
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.db.models import Activation, Decision, Reward
 
-__all__ = ["DecisionWriter", "LogWriter"]
+__all__ = ["LogWriter"]
 
 log = logging.getLogger("slotbandit.log")
 
@@ -97,16 +97,6 @@ class LogWriter:
     async def write(self, row: dict[str, Any]) -> None:
         """Append a decision row and wait for its commit (a duplicate event id raises)."""
         await self.append("decision", row)
-
-    def append_sync(self, kind: Kind, row: dict[str, Any], timeout: float = 30.0) -> bool:
-        item = _Item(kind, row, event=threading.Event())
-        self._enqueue(item)
-        assert item.event is not None
-        if not item.event.wait(timeout):
-            raise TimeoutError("log commit timed out")
-        if isinstance(item.outcome, BaseException):
-            raise item.outcome
-        return bool(item.outcome)
 
     def submit(self, row: dict[str, Any], kind: Kind = "decision") -> None:
         """Append without waiting (the commit follows within ``gather_ms``)."""
@@ -198,5 +188,3 @@ class LogWriter:
                 if kind in by_kind:
                     connection.execute(insert(_TABLES[kind]), by_kind[kind])
 
-
-DecisionWriter = LogWriter  # the name the first version used

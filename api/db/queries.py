@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from api.db.models import Activation, Block, CatalogVersion, Decision, Policy, Reward, Slot, utcnow
 
@@ -15,8 +14,6 @@ __all__ = [
     "erase_unit",
     "find_decision",
     "purge_older_than",
-    "store_activation",
-    "store_reward",
     "upsert_block",
     "upsert_policy",
     "upsert_slot",
@@ -100,26 +97,6 @@ def deactivate_block(connection: Connection, slot_id: int, block_id: str) -> int
 def find_decision(connection: Connection, event_id: str) -> dict[str, Any] | None:
     row = connection.execute(select(_decisions).where(_decisions.c.event_id == event_id)).mappings().first()
     return dict(row) if row else None
-
-
-def store_activation(engine: Engine, event_id: str) -> bool:
-    """Record that the event's block was shown; True when new, False when already recorded."""
-    try:
-        with engine.begin() as connection:
-            connection.execute(insert(Activation).values(event_id=event_id))
-        return True
-    except IntegrityError:
-        return False
-
-
-def store_reward(engine: Engine, event_id: str, value: float, reward_id: str | None) -> bool:
-    """Store a reward; True when new, False when (event, reward id) was already stored (idempotent)."""
-    try:
-        with engine.begin() as connection:
-            connection.execute(insert(Reward).values(event_id=event_id, reward_id=reward_id, value=value))
-        return True
-    except IntegrityError:
-        return False
 
 
 def erase_unit(engine: Engine, unit_key: str) -> int:
