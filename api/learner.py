@@ -78,7 +78,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,7 +87,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.db.learning_models import LearnedDecision, LearnerLease
 from api.db.models import Activation, CatalogVersion, Decision, Policy, Reward, Slot, Snapshot
-from api.settings import ServiceSettings
+from api.settings import ServiceSettings, settings_from_env
 from bandits.policies import Candidate, PolicyConfig, VWPolicy, cost_from_reward
 
 __all__ = [
@@ -148,20 +148,7 @@ class LearnerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> LearnerSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(f"SLOTBANDIT_LEARNER_{f.name.upper()}")
-            if raw is None:
-                continue
-            if isinstance(f.default, bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(f.default, int):
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = float(raw)
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return settings_from_env(cls, "SLOTBANDIT_LEARNER_", environ, overrides)
 
 
 # --------------------------------------------------------------------------- pure rules

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["ServiceSettings", "SettingsError", "load_secret"]
+__all__ = ["ServiceSettings", "SettingsError", "load_secret", "settings_from_env"]
 
 DEFAULT_DATABASE_URL = "sqlite:///var/slotbandit.db"
 
@@ -79,30 +81,42 @@ class ServiceSettings:
             raise SettingsError("reload_interval_s must be within [0.05, 3600]")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> ServiceSettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(f"SLOTBANDIT_{f.name.upper()}")
-            if raw is None:
-                continue
-            default = f.default
-            if isinstance(default, bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            elif isinstance(default, tuple):
-                values[f.name] = tuple(item.strip().lower() if f.name == "geo_headers" else item.strip() for item in raw.split(",") if item.strip())
-            else:
-                values[f.name] = raw
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServiceSettings:
+        return settings_from_env(cls, "SLOTBANDIT_", environ, overrides)
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+T = TypeVar("T")
+
+
+def settings_from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None,
+                      overrides: Mapping[str, object]) -> T:
+    """A settings dataclass from ``<prefix><FIELD>`` variables, parsed by each field's default type
+    (bool, int, float, comma-separated tuple, str); ``overrides`` win. The class validates."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        raw = env.get(f"{prefix}{f.name.upper()}")
+        if raw is None:
+            continue
+        default = f.default
+        if isinstance(default, bool):
+            values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            values[f.name] = int(raw)
+        elif isinstance(default, float):
+            values[f.name] = float(raw)
+        elif isinstance(default, tuple):
+            items = (item.strip() for item in raw.split(","))
+            # header names compare lower-cased
+            values[f.name] = tuple(i.lower() if f.name == "geo_headers" else i for i in items if i)
+        else:
+            values[f.name] = raw
+    values.update(overrides)
+    return cls(**values)
 
 
 def load_secret(settings: ServiceSettings) -> bytes:

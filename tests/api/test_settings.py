@@ -1,0 +1,47 @@
+"""Settings come from SLOTBANDIT_* variables, typed by each field's default, and are validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.learner import LearnerSettings
+from api.settings import ServiceSettings, SettingsError
+
+
+def test_service_settings_parse_each_type() -> None:
+    s = ServiceSettings.from_env({
+        "SLOTBANDIT_DATABASE_URL": "postgresql+psycopg://db/x",
+        "SLOTBANDIT_GEO_HEADERS": "CF-IPCountry, ,X-Country",
+        "SLOTBANDIT_CORS_ORIGINS": "https://a.example,https://B.example",
+        "SLOTBANDIT_DEMO": "yes",
+        "SLOTBANDIT_EMBEDDED_LEARNER": "0",
+        "SLOTBANDIT_MAX_CANDIDATES": "20",
+        "SLOTBANDIT_RELOAD_INTERVAL_S": "2",
+    }, max_id_length=100)
+    assert s.database_url == "postgresql+psycopg://db/x" and not s.is_sqlite
+    assert s.geo_headers == ("cf-ipcountry", "x-country")  # header names lower-cased, blanks dropped
+    assert s.cors_origins == ("https://a.example", "https://B.example")  # origins kept as written
+    assert s.demo is True and s.embedded_learner is False
+    assert s.max_candidates == 20 and s.reload_interval_s == 2.0 and s.max_id_length == 100
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"SLOTBANDIT_MAX_CANDIDATES": "0"}, SettingsError),
+        ({"SLOTBANDIT_RELOAD_INTERVAL_S": "0.001"}, SettingsError),
+        ({"SLOTBANDIT_SWITCH_INTERVAL_MS": "500"}, SettingsError),
+        ({"SLOTBANDIT_MAX_CANDIDATES": "many"}, ValueError),
+    ],
+)
+def test_bad_service_settings_are_refused(env: dict[str, str], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ServiceSettings.from_env(env)
+
+
+def test_learner_settings_use_their_own_prefix() -> None:
+    s = LearnerSettings.from_env({"SLOTBANDIT_LEARNER_BATCH_SIZE": "7", "SLOTBANDIT_BATCH_SIZE": "9",
+                                  "SLOTBANDIT_LEARNER_LEASE_TTL_S": "5"})
+    assert s.batch_size == 7 and s.lease_ttl_s == 5.0
+    with pytest.raises(ValueError):
+        LearnerSettings.from_env({"SLOTBANDIT_LEARNER_LEASE_TTL_S": "0.1"})
