@@ -43,9 +43,15 @@ def test_hostile_features_cannot_inject_namespaces_or_labels() -> None:
     pmf = ws.predict(examples)
     assert len(pmf) == 3
     ws.finish_example(examples)
-    # a hostile block id with a label-like prefix is still just a feature
+    # a hostile block id with a label-like prefix is still just a feature: the line starts with the
+    # namespace (no label), and learning on it keeps two actions with a proper pmf
+    hostile = [Candidate("0:1:0.5", {"x": "|"}), Candidate("b")]
+    assert action_line(hostile[0].id, hostile[0].features).startswith("|A id=0%3A1%3A0.5 ")
     learned = VWPolicy(VWConfig())
-    learned.learn(context, [Candidate("0:1:0.5", {"x": "|"}), Candidate("b")], 0, 0.0, 0.5)
+    for _ in range(20):
+        learned.learn(context, hostile, 1, 1.0, 0.5)
+    pmf = learned.pmf(context, hostile)
+    assert len(pmf) == 2 and math.isclose(sum(pmf), 1.0, abs_tol=1e-6) and pmf[0] > pmf[1]
 
 
 def test_numeric_and_bool_features() -> None:
