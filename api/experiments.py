@@ -63,6 +63,7 @@ import asyncio
 import bisect
 import copy
 import csv
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -73,10 +74,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -85,7 +86,8 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from msgspec import Meta, Struct
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from analysis.experiments import (
     AnalysisConfig,
@@ -97,7 +99,7 @@ from analysis.experiments import (
 )
 from api import schemas
 from api.auth import require_admin
-from api.db.experiment_models import Experiment, ExperimentArm
+from api.db.experiment_models import Experiment, ExperimentArm, ReportChunk
 from api.db.models import CatalogVersion, Decision, Policy, Reward, Slot, Snapshot, utcnow
 from api.decide import ArmAssignment, event_token
 from api.errors import ApiError
@@ -126,8 +128,11 @@ log = logging.getLogger("slotbandit.experiments")
 MAX_ARMS = 10
 SEGMENT_DIMENSIONS = ("device_type", "country", "day_part")
 TOP_COUNTRIES = 12
-OFFLINE_MAX_EVENTS = 2000
-"""The offline section evaluates every arm's current policy on at most this many of the latest decisions."""
+OFFLINE_SAMPLE_EVENTS = 20_000
+"""The offline section evaluates every arm's current policy on all of the experiment's decisions when
+they are at most this many, else on this many spread evenly over the log (see :func:`_offline_inputs`)."""
+OFFLINE_VW_SAMPLE_EVENTS = 5_000
+"""The same when an arm is a ``vw`` policy (a VW pmf costs about 30 microseconds per distinct context)."""
 
 
 # ----------------------------------------------------------------------------- assignment
@@ -472,6 +477,10 @@ class ExperimentData:
     bucket: np.ndarray       # (n,) int: time bucket code (chronological)
     bucket_labels: tuple[str, ...]
     excluded: int            # deferred decisions never activated
+    source: Mapping[str, Any] = field(default_factory=dict)
+    """Where the rows came from: decisions taken from the report copy, read from the log, copy chunks written."""
+    seq: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """(n,) int: each row's decision seq (the offline section finds its sample's rewards by it)."""
 
 
 # Column transfer. Fetching 1,000,000 rows through the DB-API costs about a second per few
@@ -492,14 +501,16 @@ _NO_ARM = 15
 _NULL_UNIT = "#" * 32  # stands for a missing unit key (then the event is the unit), keeps unit keys fixed-width
 _DEVICES = (*DEVICE_TYPES, *(() if "unknown" in DEVICE_TYPES else ("unknown",)))
 _DAYPARTS = (*DAYPARTS, "unknown")
+_HOUR_WIDTH = 13  # "YYYY-MM-DD HH": the hour bucket; its first 10 characters are the day bucket
 if max(len(_DEVICES), len(_DAYPARTS)) >= _OTHER:  # three bits per vocabulary, 7 for any other value
     raise ImportError("the device type or day part vocabulary outgrew the report's packed codes")
 # bit layout of the packed integer: 0 fallback, 1 deferred, 2 activated, 3 no unit key,
 # 4-7 arm position (15: not an arm of the experiment), 8-10 device type, 11-13 day part, 14- seq
+_FLAG_BITS = 0xFF  # bits 0-7 of the packed integer are kept per decision as its flags
+_DIMENSIONS = ("device_type", "country", "day_part", "hour")
 
 
-def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
-    width = 13 if bucket == "hour" else 10
+def _sql_parts(dialect: str) -> dict[str, str]:
     if dialect == "sqlite":
         return {
             "ph": "?",
@@ -509,14 +520,14 @@ def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
             "bool": "({value})",
             "epoch_d": "(julianday(d.created_at) - 2440587.5) * 86400.0",
             "epoch_r": "(julianday(rw.created_at) - 2440587.5) * 86400.0",
-            "bucket": "d.created_at",  # the stored ISO text; numpy keeps its first ``width`` bytes
-            "bucket_width": str(width),
+            "hour": "d.created_at",  # the stored ISO text; numpy keeps its first _HOUR_WIDTH bytes
+            "hour_width": str(_HOUR_WIDTH),
             "scan": f"decisions d INDEXED BY {_REPORT_INDEX}",
             "rewards_first": "rewards rw CROSS JOIN decisions d",  # SQLite: CROSS JOIN fixes the loop order
             "decisions_first": "decisions d CROSS JOIN rewards rw",
             "activations_first": "activations a CROSS JOIN decisions d",
+            "activation_key": "a.rowid",
         }
-    fmt = "YYYY-MM-DD HH24" if bucket == "hour" else "YYYY-MM-DD"
     return {
         "ph": "%s",
         "agg": "string_agg({value}, {sep} ORDER BY d.seq)",
@@ -525,11 +536,13 @@ def _sql_parts(dialect: str, bucket: str) -> dict[str, str]:
         "bool": "({value})::int",
         "epoch_d": "extract(epoch from d.created_at)",
         "epoch_r": "extract(epoch from rw.created_at)",
-        "bucket": f"to_char(d.created_at AT TIME ZONE 'UTC', '{fmt}')",
-        "bucket_width": "0",
+        "hour": "to_char(d.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')",
+        "hour_width": "0",
         "scan": "decisions d",
         "rewards_first": "rewards rw JOIN decisions d",  # PostgreSQL's planner picks the join order
         "decisions_first": "decisions d JOIN rewards rw",
+        "activations_first": "activations a JOIN decisions d",
+        "activation_key": "a.created_at",
     }
 
 
@@ -543,11 +556,17 @@ def _vocabulary_case(column: str, labels: Sequence[str], other: int) -> str:
     return f"CASE {column} {whens} ELSE (CASE WHEN {column} IS NULL THEN {missing} ELSE {other} END) END"
 
 
-def _main_query(parts: Mapping[str, str], arms: Sequence[str], probe_activations: bool) -> str:
-    """One row: count, then the experiment's decisions column by column in log order (seq).
+def _range(parts: Mapping[str, str]) -> str:
+    """The decisions a scan reads. Placeholders: experiment id, seq after which to start, largest seq."""
+    ph = parts["ph"]
+    return f"d.experiment_id = {ph} AND d.seq > {ph} AND d.seq <= {ph}"
 
-    Placeholders: experiment id, largest seq. ``probe_activations``: look each decision up in
-    ``activations`` (else :func:`_activation_query` brings the activated decisions).
+
+def _main_query(parts: Mapping[str, str], arms: Sequence[str], probe_activations: bool) -> str:
+    """One row: count, then the decisions of :func:`_range` column by column in log order (seq).
+
+    ``probe_activations``: look each decision up in ``activations`` (else :func:`_activation_query`
+    brings the activated decisions).
     """
     agg, sep, flag = parts["agg"], parts["sep"], parts["bool"]
     arm_case = " ".join(f"WHEN {_quote(a)} THEN {i}" for i, a in enumerate(arms))
@@ -561,48 +580,54 @@ def _main_query(parts: Mapping[str, str], arms: Sequence[str], probe_activations
     columns = [
         agg.format(value=parts["int"].format(value=f"d.seq * {1 << _PACKED_BITS} + {packed}"), sep="','"),
         agg.format(value="COALESCE(d.country, 'unknown')", sep=sep),
-        agg.format(value=parts["bucket"], sep=sep),
+        agg.format(value=parts["hour"], sep=sep),
     ]
-    return (f"SELECT count(*), {', '.join(columns)} FROM {parts['scan']} "
-            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+    return f"SELECT count(*), {', '.join(columns)} FROM {parts['scan']} WHERE {_range(parts)}"
 
 
 def _unit_query(parts: Mapping[str, str]) -> str:
     """The unit keys in log order (a second scan of the same rows, on another connection). Placeholders as
-    :func:`_main_query`."""
+    :func:`_range`."""
     value = f"COALESCE(d.unit_key, {_quote(_NULL_UNIT)})"
     return (f"SELECT count(*), {parts['agg'].format(value=value, sep=parts['sep'])} FROM {parts['scan']} "
-            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+            f"WHERE {_range(parts)}")
 
 
 def _activation_query(parts: Mapping[str, str]) -> str:
-    """SQLite, when activations are fewer than the experiment's decisions: the seq of every activated
-    decision in the seq range (any experiment; numpy keeps the experiment's). Each activation probes the
-    unique event-id index of decisions, which holds the seq: no table read. Placeholders: lowest, largest seq.
-    """
-    return (f"SELECT {parts['agg'].format(value='d.seq', sep=repr(','))} FROM {parts['activations_first']} "
-            f"ON d.event_id = a.event_id WHERE d.seq BETWEEN ? AND ?")
+    """The seq of every decision in a seq range (SQLite: of any experiment; numpy keeps the experiment's)
+    with an activation whose key (SQLite rowid, PostgreSQL created_at) is above a cursor. SQLite walks
+    ``activations`` from the cursor and probes the unique event-id index of decisions, which holds the
+    seq: no table read. Placeholders: activation cursor, lowest seq, largest seq (and the experiment id on
+    PostgreSQL, whose planner needs it to start from the experiment's decisions)."""
+    ph = parts["ph"]
+    experiment = f" AND d.experiment_id = {ph}" if ph == "%s" else ""
+    return (f"SELECT {parts['agg'].format(value=parts['int'].format(value='d.seq'), sep=repr(','))} "
+            f"FROM {parts['activations_first']} ON d.event_id = a.event_id "
+            f"WHERE {parts['activation_key']} > {ph} AND d.seq BETWEEN {ph} AND {ph}{experiment}")
 
 
 def _string_query(parts: Mapping[str, str], column: str) -> str:
     """One dimension's strings (missing -> 'unknown') in log order: the path for values outside a vocabulary."""
-    value = f"COALESCE(d.{column}, 'unknown')" if column != "bucket" else parts["bucket"]
+    value = f"COALESCE(d.{column}, 'unknown')" if column != "hour" else parts["hour"]
     return (f"SELECT count(*), {parts['agg'].format(value=value, sep=parts['sep'])} FROM {parts['scan']} "
-            f"WHERE d.experiment_id = {parts['ph']} AND d.seq <= {parts['ph']}")
+            f"WHERE {_range(parts)}")
 
 
-def _reward_query(parts: Mapping[str, str], rewards_first: bool) -> str:
-    """Every reward of the experiment's decisions that arrived within the window: (seq, reward id, value) rows
-    (rows, not joined text: SQLite prints at most 16 significant digits, and a reward must read back exactly).
+def _reward_query(parts: Mapping[str, str], rewards_first: bool, tail: bool) -> str:
+    """Windowed rewards of the experiment's decisions as (seq, reward id, value) rows (rows, not joined
+    text: SQLite prints at most 16 significant digits, and a reward must read back exactly).
 
-    Placeholders: experiment id, largest seq, reward window in seconds.
+    ``tail`` False: every reward with an id above a cursor, of any decision up to the largest seq;
+    placeholders: experiment id, largest seq, reward cursor, window in seconds. ``tail`` True: the
+    rewards with an id up to the cursor of the decisions of :func:`_range`; placeholders: those of
+    :func:`_range`, reward cursor, window. Together they are every reward not yet in the report copy.
     """
     source = parts["rewards_first"] if rewards_first else parts["decisions_first"]
     ph = parts["ph"]
+    where = (f"{_range(parts)} AND rw.id <= {ph}" if tail
+             else f"d.experiment_id = {ph} AND d.seq <= {ph} AND rw.id > {ph}")
     return (f"SELECT d.seq, rw.id, rw.value FROM {source} ON d.event_id = rw.event_id "
-            f"WHERE d.experiment_id = {ph} AND d.seq <= {ph} AND {parts['epoch_r']} <= {parts['epoch_d']} + {ph}")
-
-
+            f"WHERE {where} AND {parts['epoch_r']} <= {parts['epoch_d']} + {ph}")
 # ----------------------------------------------------------------------------- encoding joined columns
 
 
@@ -707,13 +732,26 @@ def _string_codes(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, tup
 
 
 def _hash_rows(words: np.ndarray, lengths: np.ndarray, seed: int = 0x9E3779B97F4A7C15) -> np.ndarray:
-    """A 64-bit multiply-xorshift hash of each row's words and length (wrapping uint64 arithmetic)."""
+    """A 64-bit multiply-xorshift hash of each row's length and of the words that hold its value
+    (wrapping uint64 arithmetic). The zero padding past a value is not hashed, so a value hashes
+    alike in matrices of any width: the report copy keeps unit hashes from one read to the next."""
     h = lengths.astype(np.uint64) * np.uint64(seed)
     for k in range(words.shape[1]):
-        h ^= words[:, k]
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(31)
-        h *= np.uint64(0x94D049BB133111EB)
+        live = lengths > 8 * k
+        if bool(live.all()):
+            h ^= words[:, k]
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+            h *= np.uint64(0x94D049BB133111EB)
+        elif bool(live.any()):
+            rows = np.flatnonzero(live)
+            part = h[rows] ^ words[rows, k]
+            part *= np.uint64(0xBF58476D1CE4E5B9)
+            part ^= part >> np.uint64(31)
+            part *= np.uint64(0x94D049BB133111EB)
+            h[rows] = part
+        else:
+            break
     return h
 
 
@@ -724,9 +762,14 @@ def _check_groups(words: np.ndarray, lengths: np.ndarray, codes: np.ndarray, fir
         raise _Unsplittable
 
 
-def _unit_groups(engine: Engine, parts: Mapping[str, str], params: tuple[int, int]) -> tuple[int, np.ndarray]:
-    """On a connection of its own: the number of decisions and, per decision, the first row with
-    the same unit key (raises :class:`_Unsplittable` for keys the joined text cannot carry)."""
+_SECOND_SEED = 0xD6E8FEB86659FD93
+
+
+def _unit_groups(engine: Engine, parts: Mapping[str, str],
+                 params: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """On a connection of its own: the number of decisions, per decision the first row with the same
+    unit key, and two independent 64-bit hashes of each decision's key (raises :class:`_Unsplittable`
+    for keys the joined text cannot carry)."""
     with engine.connect() as connection:
         raw: Any = connection.connection.driver_connection
         sqlite = connection.dialect.name == "sqlite"
@@ -740,26 +783,29 @@ def _unit_groups(engine: Engine, parts: Mapping[str, str], params: tuple[int, in
             if sqlite:
                 raw.text_factory = factory
     if not n:
-        return 0, np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.uint64)
+        return 0, np.zeros(0, dtype=np.int64), empty, empty
     matrix, _, lengths = _split(blob, n)
     words = matrix.view("<u8")
-    codes, first = _first_seen(_hash_rows(words, lengths))
+    first_hash = _hash_rows(words, lengths)
+    codes, first = _first_seen(first_hash)
     # A unit key is an HMAC (random bits), so a 64-bit hash collision among a million units has a
     # probability near 3e-8; a second, independent 64-bit hash must agree within every group.
-    check = _hash_rows(words, lengths, seed=0xD6E8FEB86659FD93)
+    check = _hash_rows(words, lengths, seed=_SECOND_SEED)
     if not np.array_equal(check, check[first[codes]]):
         _check_groups(words, lengths, codes, first)  # raises: two different keys shared the first hash
-    return n, first[codes]
+    return n, first[codes], first_hash, check
 
 
-def _unit_codes(first_row: np.ndarray, no_unit: np.ndarray) -> np.ndarray:
-    """Unit codes in order of first appearance; a decision without a unit key is its own unit."""
+def _unit_codes(first_row: np.ndarray, no_unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit codes in order of first appearance (a decision without a unit key is its own unit), and
+    each code's first row."""
     n = first_row.size
     first_row = first_row.copy()
     own = np.flatnonzero(no_unit)
     first_row[own] = own
     distinct = first_row == np.arange(n)
-    return (np.cumsum(distinct) - 1)[first_row]
+    return (np.cumsum(distinct) - 1)[first_row], np.flatnonzero(distinct)
 
 
 def _vocabulary_codes(raw: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -803,13 +849,12 @@ def _column_codes(raw: Any, parts: Mapping[str, str], column: str, params: Seque
     """First-seen codes and labels of a string column, from ``blob`` or its own scan; Python path if unsplittable."""
     if blob is None:
         _, (blob,) = _one_row(raw, _string_query(parts, column), params)
+    width = int(parts["hour_width"]) if column == "hour" else 0
     try:
-        return _string_codes(blob, n, int(parts["bucket_width"]) if column == "bucket" else 0)
+        return _string_codes(blob, n, width)
     except _Unsplittable:
-        value = f"COALESCE(d.{column}, 'unknown')" if column != "bucket" else parts["bucket"]
-        rows = _rows(raw, f"SELECT {value} FROM {parts['scan']} WHERE d.experiment_id = {parts['ph']} "
-                          f"AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
-        width = int(parts["bucket_width"]) if column == "bucket" else 0
+        value = f"COALESCE(d.{column}, 'unknown')" if column != "hour" else parts["hour"]
+        rows = _rows(raw, f"SELECT {value} FROM {parts['scan']} WHERE {_range(parts)} ORDER BY d.seq", params)
         return _codes([_text(r[0]).decode("utf-8")[:width or None] for r in rows])
 
 
@@ -821,37 +866,78 @@ def _seq_range(connection: Connection, experiment_id: int) -> tuple[Any, Any]:
             connection.execute(select(func.max(Decision.seq)).where(where)).scalar())
 
 
-def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
-                          bucket: str = "day") -> ExperimentData:
-    """Pull the experiment's decisions and their windowed rewards; encode them as numpy columns.
+@dataclass
+class _Columns:
+    """An experiment's decisions as encoded columns in log order, before the exposure filter: the
+    report copy, the rows read past its cursors, or both joined by :func:`_extend`."""
 
-    Rows are the experiment's decisions up to the largest ``seq`` when the pull starts, in log
-    order. Per decision: arm, unit (``unit_key``, else the event), fallback and deferred flags,
-    activation, device type, country and day part (the columns of migration 0005; missing ->
-    "unknown"), time bucket. Four queries, three of them on connections of their own so that they
-    overlap: the decisions' packed codes, country and timestamp; their unit keys; the windowed
-    rewards with (SQLite, when fewer than the decisions) the activated seqs; without that walk an
-    ``EXISTS`` probe per decision marks the activated ones. Rewards arrive as (seq, reward id, value) rows of the
-    rewards received within ``reward_window_s`` of their decision and are aggregated here with the
-    slot's rule in reward-id order: ``sum``, ``max``, or ``first`` (lowest id); then clipped to the
-    reward range; the slot's default reward when none came (the learner's rule).
+    seq: np.ndarray      # (n,) int64, increasing
+    flags: np.ndarray    # (n,) int64: bit 0 fallback, 1 deferred, 2 activated, 3 no unit key, 4-7 arm (15: none)
+    unit: np.ndarray     # (n,) int64: unit code, numbered by first appearance
+    keyed: np.ndarray    # (u,) bool per unit code: a unit key (else one decision without a key)
+    h1: np.ndarray       # (u,) uint64: two independent hashes of the unit key (0 without a key)
+    h2: np.ndarray
+    dims: dict[str, tuple[np.ndarray, tuple[str, ...]]]  # _DIMENSIONS -> (codes by first appearance, labels)
+    rewards: np.ndarray  # (r, 3) float64 rows: decision seq, reward id, value (rewards within the window)
+    hashed: bool = True  # False: unit keys took the Python path (no hashes; the copy cannot take these rows)
+
+    @classmethod
+    def empty(cls) -> _Columns:
+        i64, u64 = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+        return cls(i64, i64, i64, np.zeros(0, dtype=bool), u64, u64, {d: (i64, ()) for d in _DIMENSIONS},
+                   np.zeros((0, 3)))
+
+
+def _mark_activated(seq: np.ndarray, flags: np.ndarray, activated: np.ndarray) -> None:
+    """Set the activated bit of the decisions whose seq is in ``activated`` (others' seqs are ignored)."""
+    if not activated.size or not seq.size:
+        return
+    position = np.searchsorted(seq, activated)
+    found = position < seq.size
+    found[found] = seq[position[found]] == activated[found]
+    flags[position[found]] |= 4
+
+
+def _read_rows(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
+               after: _Cursor, low: int, top: int) -> tuple[_Columns, np.ndarray]:
+    """The decisions of the experiment with ``after.seq < seq <= top`` as :class:`_Columns` (their
+    rewards and activations complete), plus what arrived past ``after`` for the earlier decisions:
+    their rewards with an id above ``after.reward`` (in the returned rewards) and the seqs of the
+    decisions with an activation above ``after.activation`` (the returned array; it may hold seqs of
+    other experiments and of the returned decisions).
+
+    Four kinds of query, three on connections of their own so that they overlap: the decisions'
+    packed codes, country and hour; their unit keys; the rewards; the activations (SQLite, when fewer
+    than the decisions, a walk of ``activations``; else an ``EXISTS`` probe per decision in the scan).
     """
     if len(arms) > _NO_ARM:
         raise ValueError(f"at most {_NO_ARM} arms")
     dialect = connection.dialect.name
-    parts = _sql_parts(dialect, bucket)
+    parts = _sql_parts(dialect)
     raw = connection.connection.driver_connection
     sqlite = dialect == "sqlite"
-    low, top = _seq_range(connection, experiment_id)
-    params = (experiment_id, int(top) if top is not None else 0)
-    span = int(top) - int(low) + 1 if top is not None else 0  # at least the number of decisions
-    # SQLite: walk the activations instead of probing them per decision when they are fewer
-    activations_first = sqlite and span > 0 and (connection.execute(
-        text("SELECT max(rowid) FROM activations")).scalar() or 0) <= span
+    params = (experiment_id, after.seq, top)
+    span = top - max(low, after.seq + 1) + 1  # at least the number of decisions read
+    copied = after.seq != _BEFORE_ALL
+    # activations: walk them (SQLite, fewer than the decisions) or probe them per decision read; past a
+    # report copy, probe the decisions read and walk the activations after the copy's cursor
+    walk: tuple[Any, ...] | None = None
+    if copied:
+        walk = (after.activation if sqlite else datetime.fromisoformat(str(after.activation)), low, top)
+    elif sqlite and span > 0 and (connection.execute(text("SELECT max(rowid) FROM activations")).scalar() or 0) <= span:
+        walk = (_BEFORE_ALL, low, top)
+    probe = copied or walk is None
+    if walk is not None and not sqlite:
+        walk = (*walk, experiment_id)
     # rewards: scan them when there are fewer than decisions, else probe them per decision
     first_id = connection.execute(select(func.min(Reward.id))).scalar()
     last_id = connection.execute(select(func.max(Reward.id))).scalar()
-    rewards_first = first_id is not None and last_id is not None and last_id - first_id + 1 <= span
+    rewards_first = copied or (first_id is not None and last_id is not None and last_id - first_id + 1 <= span)
+    window = float(slot["reward_window_s"])
+    reward_queries: list[tuple[str, tuple[Any, ...]]] = [
+        (_reward_query(parts, rewards_first, tail=False), (experiment_id, top, after.reward, window))]
+    if copied and after.reward != _BEFORE_ALL:
+        reward_queries.append((_reward_query(parts, False, tail=True), (*params, after.reward, window)))
     factory = raw.text_factory if sqlite else None  # type: ignore[union-attr]
     if sqlite:
         raw.text_factory = bytes  # type: ignore[union-attr]  # the joined columns need no str decoding
@@ -859,25 +945,23 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     # The rewards and activations are read on a second connection while this one scans the decisions
     # (each query waits in the database, not in Python). Both are bounded by the same largest seq.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        side = pool.submit(_side_queries, connection.engine, parts, params, float(slot["reward_window_s"]),
-                           rewards_first, (low, top) if activations_first and top is not None else None)
-        unit_groups = pool.submit(_unit_groups, connection.engine, parts, params)
+        side = pool.submit(_side_queries, connection.engine, parts, reward_queries, walk)
+        unit_groups = pool.submit(_unit_groups, connection.engine, parts, params) if span > 0 else None
         try:
-            n, blobs = _one_row(raw, _main_query(parts, arms, not activations_first), params)
+            n, blobs = _one_row(raw, _main_query(parts, arms, probe), params) if span > 0 else (0, [])
         finally:
             if sqlite:
                 raw.text_factory = factory  # type: ignore[union-attr]
-        rewards, activated_seq = side.result()
+        rewards, activated = side.result()
         try:
-            units_seen, first_row = unit_groups.result()
+            units_seen, first_row, h1_rows, h2_rows = (unit_groups.result() if unit_groups is not None
+                                                       else (0, None, None, None))
         except _Unsplittable:
-            units_seen, first_row = -1, None
+            units_seen, first_row, h1_rows, h2_rows = -1, None, None, None
+    columns = _Columns.empty()
+    columns.rewards = rewards
     if not n:
-        empty = np.zeros(0, dtype=np.int64)
-        return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
-                              activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
-                              segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
-                              bucket_labels=(), excluded=0)
+        return columns, activated
     packed = np.fromstring(blobs[0], dtype=np.int64, sep=",")
     seq = packed >> _PACKED_BITS
     if packed.size != n:
@@ -885,43 +969,33 @@ def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequ
     if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):  # every column was joined in this order
         raise RuntimeError("the report scan did not return the decisions in log order")
     no_unit = (packed & 8) > 0
-    if units_seen == n and first_row is not None:
-        units = _unit_codes(first_row, no_unit)
+    if units_seen == n and first_row is not None and h1_rows is not None and h2_rows is not None:
+        units, firsts = _unit_codes(first_row, no_unit)
+        keyed = ~no_unit[firsts]
+        columns.h1 = np.where(keyed, h1_rows[firsts], np.uint64(0))
+        columns.h2 = np.where(keyed, h2_rows[firsts], np.uint64(0))
     else:  # keys the joined text cannot carry (or the log lost rows between the two scans)
-        rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE d.experiment_id = "
-                          f"{parts['ph']} AND d.seq <= {parts['ph']} ORDER BY d.seq", params)
+        rows = _rows(raw, f"SELECT COALESCE(d.unit_key, '') FROM {parts['scan']} WHERE {_range(parts)} "
+                          "ORDER BY d.seq", params)
         units = _codes([r[0] if r[0] else object() for r in rows])[0]  # no unit key: its own unit
-    segments: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+        keyed = np.zeros(int(units.max()) + 1, dtype=bool)
+        columns.h1 = columns.h2 = np.zeros(keyed.size, dtype=np.uint64)
+        columns.hashed = False
+    dims: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
     for dimension, column, shift, labels in (("device_type", "device_type", 8, _DEVICES),
                                              ("country", "country", None, ()),
                                              ("day_part", "daypart", 11, _DAYPARTS)):
         if shift is None:
-            segments[dimension] = _column_codes(raw, parts, column, params, n, blobs[1])
+            dims[dimension] = _column_codes(raw, parts, column, params, n, blobs[1])
             continue
         vocabulary = (packed >> shift) & 7
         if bool((vocabulary == _OTHER).any()):  # a value outside the vocabulary: read the strings
-            segments[dimension] = _column_codes(raw, parts, column, params, n)
+            dims[dimension] = _column_codes(raw, parts, column, params, n)
         else:
-            segments[dimension] = _vocabulary_codes(vocabulary, labels)
-    bucket_codes, bucket_labels = _column_codes(raw, parts, "bucket", params, n, blobs[2])
-    if activated_seq is not None:
-        position = np.searchsorted(seq, activated_seq)
-        found = position < n
-        found[found] = seq[position[found]] == activated_seq[found]
-        packed[position[found]] |= 4
-    reward, rewarded = _aggregate_rewards(seq, rewards[:, 0].astype(np.int64), rewards[:, 1].astype(np.int64),
-                                          rewards[:, 2], slot)
-    activated = (packed & 4) > 0
-    shown = ((packed & 2) == 0) | activated
-    arm = (packed >> 4) & 15
-    arm = np.where(arm == _NO_ARM, -1, arm)
-    keep = shown & (arm >= 0)
-    return ExperimentData(
-        arm=arm[keep], unit=units[keep], reward=reward[keep], rewarded=rewarded[keep],
-        activated=activated[keep], fallback=((packed & 1) > 0)[keep],
-        segments={k: (codes[keep], labels) for k, (codes, labels) in segments.items()},
-        bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=int(n - shown.sum()),
-    )
+            dims[dimension] = _vocabulary_codes(vocabulary, labels)
+    dims["hour"] = _column_codes(raw, parts, "hour", params, n, blobs[2])
+    columns.seq, columns.flags, columns.unit, columns.keyed, columns.dims = seq, packed & _FLAG_BITS, units, keyed, dims
+    return columns, activated
 
 
 def _map_file(raw: Any) -> None:
@@ -930,21 +1004,105 @@ def _map_file(raw: Any) -> None:
     raw.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
 
 
-def _side_queries(engine: Engine, parts: Mapping[str, str], params: tuple[int, int], window: float,
-                  rewards_first: bool, activation_range: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """On a connection of its own: the windowed reward rows as an (r, 3) float64 array (seq, reward id,
-    value; ids and seqs are exact below 2**53) and, with ``activation_range``, the activated seqs."""
+def _side_queries(engine: Engine, parts: Mapping[str, str], reward_queries: Sequence[tuple[str, Sequence[Any]]],
+                  walk: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """On a connection of its own: the reward rows as an (r, 3) float64 array (seq, reward id, value; ids
+    and seqs are exact below 2**53) and, with ``walk`` (the parameters of :func:`_activation_query`),
+    the activated seqs."""
     with engine.connect() as connection:
         raw = connection.connection.driver_connection
         if connection.dialect.name == "sqlite":
             _map_file(raw)
-        rows = _rows(raw, _reward_query(parts, rewards_first), (*params, window))
+        rows = [row for sql, params in reward_queries for row in _rows(raw, sql, params)]
         rewards = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
-        activated = None
-        if activation_range is not None:
-            _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], activation_range)
-            activated = np.fromstring(joined, dtype=np.int64, sep=",") if joined else np.zeros(0, dtype=np.int64)
+        activated = np.zeros(0, dtype=np.int64)
+        if walk is not None:
+            _, (joined,) = _one_row(raw, "SELECT 0, " + _activation_query(parts)[len("SELECT "):], walk)
+            if joined:
+                activated = np.fromstring(joined, dtype=np.int64, sep=",")
     return rewards, activated
+
+
+def _extend(base: _Columns, tail: _Columns, activated: np.ndarray) -> _Columns:
+    """The report copy ``base`` followed by the rows read past its cursors (:func:`_read_rows`): tail codes
+    mapped onto the copy's (a unit key by its two hashes, a label by its text), numbered by first
+    appearance as a read of the whole log would number them. Raises :class:`_Unsplittable` when the
+    tail's unit keys have no hashes or a key's first hash matches a different key in the copy."""
+    if not base.seq.size and not base.keyed.size:
+        out = _Columns(tail.seq, tail.flags.copy(), tail.unit, tail.keyed, tail.h1, tail.h2, dict(tail.dims),
+                       np.concatenate([base.rewards, tail.rewards]), tail.hashed)
+        _mark_activated(out.seq, out.flags, activated)
+        return out
+    if tail.seq.size and not tail.hashed:
+        raise _Unsplittable
+    units = base.keyed.size
+    local = tail.keyed.size
+    found = np.zeros(local, dtype=bool)
+    mapped = np.empty(local, dtype=np.int64)
+    known = np.flatnonzero(base.keyed)
+    wanted = np.flatnonzero(tail.keyed)
+    if known.size and wanted.size:
+        order = np.argsort(base.h1[known])
+        hashes = base.h1[known][order]
+        position = np.minimum(np.searchsorted(hashes, tail.h1[wanted]), hashes.size - 1)
+        hit = hashes[position] == tail.h1[wanted]
+        codes = known[order[position[hit]]]
+        if not np.array_equal(base.h2[codes], tail.h2[wanted[hit]]):
+            raise _Unsplittable  # two different keys share the first hash
+        mapped[wanted[hit]] = codes
+        found[wanted[hit]] = True
+    new = np.flatnonzero(~found)
+    mapped[new] = units + np.arange(new.size)
+    dims: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    for dimension in _DIMENSIONS:
+        codes_b, labels_b = base.dims[dimension]
+        codes_t, labels_t = tail.dims[dimension]
+        index = {label: i for i, label in enumerate(labels_b)}
+        remap = np.array([index.setdefault(label, len(index)) for label in labels_t], dtype=np.int64)
+        dims[dimension] = (np.concatenate([codes_b, remap[codes_t]]) if codes_t.size else codes_b, tuple(index))
+    out = _Columns(
+        seq=np.concatenate([base.seq, tail.seq]), flags=np.concatenate([base.flags, tail.flags]),
+        unit=np.concatenate([base.unit, mapped[tail.unit]]) if tail.unit.size else base.unit,
+        keyed=np.concatenate([base.keyed, tail.keyed[new]]), h1=np.concatenate([base.h1, tail.h1[new]]),
+        h2=np.concatenate([base.h2, tail.h2[new]]), dims=dims,
+        rewards=np.concatenate([base.rewards, tail.rewards]), hashed=base.hashed,
+    )
+    _mark_activated(out.seq, out.flags, activated)
+    return out
+
+
+def _exposures(columns: _Columns, slot: Mapping[str, Any], bucket: str, source: Mapping[str, Any]) -> ExperimentData:
+    """The shown decisions of the experiment's arms with their aggregated rewards (the report's rows)."""
+    n = columns.seq.size
+    if not n:
+        empty = np.zeros(0, dtype=np.int64)
+        return ExperimentData(arm=empty, unit=empty, reward=np.zeros(0), rewarded=np.zeros(0, dtype=bool),
+                              activated=np.zeros(0, dtype=bool), fallback=np.zeros(0, dtype=bool),
+                              segments={d: (empty, ()) for d in SEGMENT_DIMENSIONS}, bucket=empty,
+                              bucket_labels=(), excluded=0, source=source, seq=empty)
+    rows = columns.rewards
+    reward, rewarded = _aggregate_rewards(columns.seq, rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64),
+                                          rows[:, 2], slot)
+    flags = columns.flags
+    activated = (flags & 4) > 0
+    shown = ((flags & 2) == 0) | activated
+    arm = (flags >> 4) & 15
+    arm = np.where(arm == _NO_ARM, -1, arm)
+    keep = shown & (arm >= 0)
+    hours, hour_labels = columns.dims["hour"]
+    if bucket == "hour":
+        bucket_codes, bucket_labels = hours, hour_labels
+    else:  # day buckets numbered by first appearance: hour codes are, so the first hour of each day decides
+        days: dict[str, int] = {}
+        remap = np.array([days.setdefault(label[:10], len(days)) for label in hour_labels], dtype=np.int64)
+        bucket_codes, bucket_labels = remap[hours], tuple(days)
+    return ExperimentData(
+        arm=arm[keep], unit=columns.unit[keep], reward=reward[keep], rewarded=rewarded[keep],
+        activated=activated[keep], fallback=((flags & 1) > 0)[keep],
+        segments={d: (columns.dims[d][0][keep], columns.dims[d][1]) for d in SEGMENT_DIMENSIONS},
+        bucket=bucket_codes[keep], bucket_labels=bucket_labels, excluded=int(n - shown.sum()), source=source,
+        seq=columns.seq[keep],
+    )
 
 
 def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, value: np.ndarray,
@@ -971,6 +1129,275 @@ def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, val
     rewarded[at] = True
     reward[at] = np.clip(total, slot["reward_min"], slot["reward_max"])
     return reward, rewarded
+
+
+# ----------------------------------------------------------------------------- report copy
+
+REPORT_COPY_MIN_DECISIONS = 20_000
+"""An experiment's report copy is written once this many decisions are not in it yet ..."""
+REPORT_COPY_GROWTH = 0.1
+"""... and at least this fraction of the decisions already in it (so it grows by chunks of >= 10%)."""
+REPORT_COPY_MAX_CHUNKS = 8
+"""A copy of this many chunks is rewritten as one (the next chunk replaces them all)."""
+REPORT_COPY_MARGIN_S = 10.0
+"""PostgreSQL: rows younger than this are not copied yet (a lower id may still commit after a higher one)."""
+_COPY_FORMAT = 1
+_BEFORE_ALL = -(1 << 62)  # a cursor below every seq, id and rowid: the empty copy reaches nothing
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """How far a report copy reaches: the experiment's decisions with seq <= ``seq``, the rewards with
+    id <= ``reward``, the activations with key <= ``activation`` (SQLite rowid; PostgreSQL created_at,
+    ISO text)."""
+
+    seq: int = _BEFORE_ALL
+    reward: int = _BEFORE_ALL
+    activation: int | str = _BEFORE_ALL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "reward": self.reward, "activation": self.activation}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Cursor:
+        return cls(int(data["seq"]), int(data["reward"]), data["activation"])
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """Rows at or below a cursor when it was taken (decisions of the experiment, all rewards, all activations)."""
+
+    decisions: int
+    rewards: int
+    activations: int
+
+
+@dataclass(frozen=True)
+class _Copy:
+    columns: _Columns
+    cursor: _Cursor
+    counts: _Counts
+    chunks: int
+    last_position: int
+
+
+class _StaleCopy(Exception):
+    """The stored chunks do not form a copy of this experiment's log under the current settings."""
+
+
+def _fingerprint(dialect: str, arms: Sequence[str], slot: Mapping[str, Any]) -> str:
+    """What the copied columns depend on besides the log: format, dialect, the arms' order, the reward window."""
+    key = json.dumps([_COPY_FORMAT, dialect, list(arms), float(slot["reward_window_s"])])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def _activation_bound(connection: Connection, key: int | str) -> Any:
+    return key if connection.dialect.name == "sqlite" else datetime.fromisoformat(str(key))
+
+
+def _count_decisions(connection: Connection, experiment_id: int, after: int, upto: int) -> int:
+    where = (Decision.experiment_id == experiment_id, Decision.seq > after, Decision.seq <= upto)
+    return int(connection.execute(select(func.count()).select_from(Decision).where(*where)).scalar_one())
+
+
+def _counts_at(connection: Connection, experiment_id: int, cursor: _Cursor, decisions: int | None = None) -> _Counts:
+    """The rows at or below ``cursor`` now (``decisions``: already known)."""
+    if decisions is None:
+        decisions = _count_decisions(connection, experiment_id, _BEFORE_ALL, cursor.seq)
+    rewards = connection.execute(select(func.count()).select_from(Reward).where(Reward.id <= cursor.reward)).scalar_one()
+    if connection.dialect.name == "sqlite":
+        activations = connection.execute(text("SELECT count(*) FROM activations WHERE rowid <= :key"),
+                                         {"key": cursor.activation}).scalar_one()
+    else:
+        activations = connection.execute(text("SELECT count(*) FROM activations WHERE created_at <= :key"),
+                                         {"key": _activation_bound(connection, cursor.activation)}).scalar_one()
+    return _Counts(int(decisions), int(rewards), int(activations))
+
+
+def _load_copy(connection: Connection, experiment_id: int, fingerprint: str) -> _Copy | None:
+    """The experiment's report copy from its chunks, or None without one. Raises :class:`_StaleCopy`."""
+    rows = connection.execute(
+        select(ReportChunk.position, ReportChunk.fingerprint, ReportChunk.meta, ReportChunk.data)
+        .where(ReportChunk.experiment_id == experiment_id).order_by(ReportChunk.position)).all()
+    if not rows:
+        return None
+    chain = _Cursor()
+    parts: list[Any] = []
+    labels: dict[str, list[str]] = {d: [] for d in _DIMENSIONS}
+    for row in rows:
+        meta = row.meta
+        if row.fingerprint != fingerprint or meta.get("format") != _COPY_FORMAT or \
+                _Cursor.from_dict(meta["base"]) != chain:
+            raise _StaleCopy
+        chain = _Cursor.from_dict(meta["cursor"])
+        parts.append(np.load(io.BytesIO(row.data)))
+        for dimension in _DIMENSIONS:
+            labels[dimension] += meta["labels"][dimension]
+    counts = _Counts(**rows[-1].meta["counts"])
+
+    def joined(name: str, dtype: Any) -> np.ndarray:
+        return np.concatenate([p[name] for p in parts]).astype(dtype, copy=False)
+
+    seq = joined("seq", np.int64)
+    if seq.size != counts.decisions or (seq.size > 1 and not bool(np.all(seq[1:] > seq[:-1]))):
+        raise _StaleCopy
+    columns = _Columns(
+        seq=seq, flags=joined("flags", np.int64), unit=joined("unit", np.int64), keyed=joined("keyed", bool),
+        h1=joined("h1", np.uint64), h2=joined("h2", np.uint64),
+        dims={d: (joined(d, np.int64), tuple(labels[d])) for d in _DIMENSIONS},
+        rewards=np.concatenate([p["rewards"] for p in parts]).reshape(-1, 3),
+    )
+    _mark_activated(columns.seq, columns.flags, joined("activated", np.int64))
+    return _Copy(columns, chain, counts, len(rows), int(rows[-1].position))
+
+
+def _drop_copy(engine: Engine, experiment_id: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
+
+
+def _copy_target(connection: Connection, experiment_id: int, top: int, after: _Cursor, counts: _Counts,
+                 pending: int) -> tuple[_Cursor, _Counts] | None:
+    """How far the copy may reach now, with the rows below that cursor counted before they are read.
+
+    SQLite commits one writer at a time and hands out ids and rowids in commit order, so everything
+    up to the largest seq, reward id and activation rowid is already visible. PostgreSQL hands out
+    ids at insert time and commits in any order, so only rows older than :data:`REPORT_COPY_MARGIN_S`
+    are copied; a row below a cursor that commits later anyway changes a count, and the next report
+    rebuilds the copy (it is never silently wrong).
+    """
+    seq: int | None
+    if connection.dialect.name == "sqlite":
+        seq = top
+        reward = connection.execute(select(func.max(Reward.id))).scalar()
+        activation: int | str = connection.execute(text("SELECT max(rowid) FROM activations")).scalar() or _BEFORE_ALL
+    else:
+        cutoff = datetime.now(UTC) - timedelta(seconds=REPORT_COPY_MARGIN_S)
+        seq = connection.execute(select(Decision.seq).where(
+            Decision.experiment_id == experiment_id, Decision.seq <= top, Decision.created_at <= cutoff)
+            .order_by(Decision.seq.desc()).limit(1)).scalar()
+        reward = connection.execute(select(Reward.id).where(Reward.created_at <= cutoff)
+                                    .order_by(Reward.id.desc()).limit(1)).scalar()
+        moment = cutoff.isoformat(timespec="microseconds")
+        activation = max(moment, str(after.activation)) if after.seq != _BEFORE_ALL else moment
+    if seq is None or seq <= after.seq:
+        return None
+    cursor = _Cursor(int(seq), max(int(reward) if reward is not None else _BEFORE_ALL, after.reward), activation)
+    # ``pending``: the decisions after ``after.seq`` up to ``top``, counted just before
+    decisions = counts.decisions + (pending if cursor.seq == top else
+                                    _count_decisions(connection, experiment_id, after.seq, cursor.seq))
+    return cursor, _counts_at(connection, experiment_id, cursor, decisions)
+
+
+def _narrow(codes: np.ndarray, size: int) -> np.ndarray:
+    dtype = np.uint8 if size <= 1 << 8 else np.uint16 if size <= 1 << 16 else np.int32
+    return codes.astype(dtype)
+
+
+def _save_copy(engine: Engine, experiment_id: int, fingerprint: str, columns: _Columns, stored: _Copy | None,
+               tail: _Columns, activated: np.ndarray, target: tuple[_Cursor, _Counts]) -> bool:
+    """Write the rows up to the target cursor that the copy lacks as its next chunk (all of them, as
+    the only chunk, when there is no copy yet or it has :data:`REPORT_COPY_MAX_CHUNKS` chunks)."""
+    cursor, counts = target
+    end = int(np.searchsorted(columns.seq, cursor.seq, side="right"))
+    if end != counts.decisions:  # the log moved between the count and the read: copy next time
+        return False
+    full = stored is None or stored.chunks >= REPORT_COPY_MAX_CHUNKS
+    base = _Columns.empty() if full or stored is None else stored.columns
+    start, unit_start = base.seq.size, base.keyed.size
+    unit_end = int(columns.unit[:end].max()) + 1 if end else 0
+    arrays: dict[str, np.ndarray] = {
+        "seq": columns.seq[start:end], "flags": columns.flags[start:end].astype(np.uint8),
+        "unit": columns.unit[start:end].astype(np.int64 if unit_end > 1 << 31 else np.int32),
+        "keyed": columns.keyed[unit_start:unit_end], "h1": columns.h1[unit_start:unit_end],
+        "h2": columns.h2[unit_start:unit_end],
+    }
+    labels: dict[str, list[str]] = {}
+    for dimension in _DIMENSIONS:
+        codes, names = columns.dims[dimension]
+        label_end = int(codes[:end].max()) + 1 if end else 0
+        arrays[dimension] = _narrow(codes[start:end], label_end)
+        labels[dimension] = list(names[len(base.dims[dimension][1]):label_end])
+    rows = columns.rewards if full else tail.rewards
+    arrays["rewards"] = rows[(rows[:, 1] <= cursor.reward) & (rows[:, 0] <= cursor.seq)]
+    earlier = activated[activated <= base.seq[-1]] if base.seq.size else np.zeros(0, dtype=np.int64)
+    if earlier.size:  # activations that came for decisions already copied
+        position = np.searchsorted(base.seq, earlier)
+        earlier = earlier[base.seq[np.minimum(position, base.seq.size - 1)] == earlier]
+    arrays["activated"] = earlier.astype(np.int64)
+    meta = {"format": _COPY_FORMAT, "base": (_Cursor() if full or stored is None else stored.cursor).to_dict(),
+            "cursor": cursor.to_dict(), "counts": dataclasses.asdict(counts), "rows": end - start,
+            "labels": labels}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    chunk = 0 if stored is None else stored.last_position + 1
+    try:
+        with engine.begin() as connection:
+            if full:
+                connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
+            connection.execute(insert(ReportChunk).values(
+                experiment_id=experiment_id, position=chunk, fingerprint=fingerprint, meta=meta,
+                data=buffer.getvalue(), created_at=utcnow()))
+    except IntegrityError:  # another report wrote this chunk first
+        return False
+    return True
+
+
+def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
+                          bucket: str = "day", *, use_copy: bool = True) -> ExperimentData:
+    """The experiment's exposures as numpy columns, from its report copy and the log past the copy's cursors.
+
+    Rows are the experiment's decisions up to the largest ``seq`` when the pull starts, in log
+    order. Per decision: arm, unit (``unit_key``, else the event), fallback and deferred flags,
+    activation, device type, country and day part (the columns of migration 0005; missing ->
+    "unknown"), time bucket. Rewards are the rows received within ``reward_window_s`` of their
+    decision, aggregated here with the slot's rule in reward-id order: ``sum``, ``max``, or
+    ``first`` (lowest id); then clipped to the reward range; the slot's default reward when none
+    came (the learner's rule). ``use_copy`` False reads everything from the log and writes no copy.
+    """
+    columns, source = _experiment_columns(connection, experiment_id, arms, slot, use_copy)
+    return _exposures(columns, slot, bucket, source)
+
+
+def _experiment_columns(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
+                        use_copy: bool) -> tuple[_Columns, dict[str, Any]]:
+    source: dict[str, Any] = {"copied_decisions": 0, "read_decisions": 0, "copy_chunks": 0, "copy_written": False,
+                              "copy_dropped": False}
+    low, top = _seq_range(connection, experiment_id)
+    if top is None:
+        return _Columns.empty(), source
+    low, top = int(low), int(top)
+    fingerprint = _fingerprint(connection.dialect.name, arms, slot)
+    stored: _Copy | None = None
+    if use_copy:
+        try:
+            stored = _load_copy(connection, experiment_id, fingerprint)
+            if stored is not None and _counts_at(connection, experiment_id, stored.cursor) != stored.counts:
+                raise _StaleCopy  # rows below the cursors appeared or went (a late commit, a purge)
+        except _StaleCopy:
+            _drop_copy(connection.engine, experiment_id)
+            stored, source["copy_dropped"] = None, True
+    base = stored.columns if stored is not None else _Columns.empty()
+    after = stored.cursor if stored is not None else _Cursor()
+    target = None
+    if use_copy:
+        pending = _count_decisions(connection, experiment_id, after.seq, top)
+        if pending >= max(REPORT_COPY_MIN_DECISIONS, REPORT_COPY_GROWTH * base.seq.size):
+            target = _copy_target(connection, experiment_id, top, after,
+                                  stored.counts if stored is not None else _Counts(0, 0, 0), pending)
+    tail, activated = _read_rows(connection, experiment_id, arms, slot, after, low, top)
+    try:
+        columns = _extend(base, tail, activated)
+    except _Unsplittable:  # unit keys the copy cannot take: read the whole log, leave the copy as it is
+        stored, target, base = None, None, _Columns.empty()
+        tail, activated = _read_rows(connection, experiment_id, arms, slot, _Cursor(), low, top)
+        columns = _extend(base, tail, activated)
+    source.update(copied_decisions=int(base.seq.size), read_decisions=int(tail.seq.size),
+                  copy_chunks=stored.chunks if stored is not None else 0)
+    if target is not None and columns.hashed:
+        source["copy_written"] = _save_copy(connection.engine, experiment_id, fingerprint, columns, stored, tail,
+                                            activated, target)
+    return columns, source
 
 
 def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int,
@@ -1026,102 +1453,193 @@ def _by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStat
 # ----------------------------------------------------------------------------- offline section
 
 
-def _offline_section(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
-                     policies: Mapping[str, Any] | None, control: str) -> dict[str, Any]:
-    """Every arm's current policy evaluated on the latest logged decisions of the experiment (all arms)."""
-    try:
-        from analysis.estimators import EstimatorError, EventData, estimate
-    except ImportError as error:  # pragma: no cover - the offline evaluation issue provides them
-        return {"available": False, "reason": f"offline estimates unavailable: {error}"}
+class _JsonMemo:
+    """JSON text -> value with msgspec, once per distinct text (callers must not mutate the values)."""
 
-    rows = connection.execute(
-        select(Decision.candidate_ids, Decision.pmf, Decision.chosen_index, Decision.context, Decision.catalog_version,
-               Decision.inline_candidates, Decision.event_id)
-        .where(Decision.experiment_id == experiment["id"]).order_by(Decision.seq.desc()).limit(OFFLINE_MAX_EVENTS)
-    ).all()
-    if len(rows) < 20:
-        return {"available": False, "reason": f"offline estimates need at least 20 decisions, have {len(rows)}"}
-    rows = rows[::-1]
-    event_ids = [r.event_id for r in rows]
-    rewards = _event_rewards(connection, event_ids, slot)
-    catalogs: dict[int, dict[str, Candidate]] = {}
-    for version in {r.catalog_version for r in rows if r.catalog_version}:
-        blocks = connection.execute(select(CatalogVersion.blocks).where(
-            CatalogVersion.slot_id == slot["id"], CatalogVersion.version == version)).scalar_one_or_none() or []
-        catalogs[version] = {b["id"]: Candidate(b["id"], b.get("features", {})) for b in blocks}
-    width = max(len(r.candidate_ids) for r in rows)
-    n = len(rows)
-    logging_pmf = np.zeros((n, width))
-    mask = np.zeros((n, width), dtype=bool)
-    chosen = np.array([r.chosen_index for r in rows], dtype=np.int64)
-    candidates: list[tuple[Candidate, ...]] = []
-    ids_matrix = np.full((n, width), "", dtype=object)
-    for i, r in enumerate(rows):
-        k = len(r.candidate_ids)
-        logging_pmf[i, :k] = r.pmf
-        mask[i, :k] = True
-        ids_matrix[i, :k] = r.candidate_ids
-        if r.inline_candidates:
-            candidates.append(tuple(Candidate(c["id"], c.get("features", {})) for c in r.inline_candidates))
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, text_: str | None) -> Any:
+        if text_ is None:
+            return None
+        value = self.values.get(text_)
+        if value is None:
+            value = self.values[text_] = msgspec.json.decode(text_)
+        return value
+
+
+@dataclass(frozen=True)
+class _OfflineInputs:
+    """The offline section's sample of logged decisions with every arm's target pmf (no rewards yet)."""
+
+    seq: np.ndarray            # (n,) decision seqs of the sample, increasing
+    chosen: np.ndarray         # (n,) chosen column
+    logging_pmf: np.ndarray    # (n, A) the logged pmf, zero-padded
+    mask: np.ndarray           # (n, A) the column is a candidate
+    codes: np.ndarray          # (n, A) block codes (-1 for padding), so estimators pool actions by block
+    targets: Mapping[str, np.ndarray]  # arm -> (n, A) pmf of its current policy
+    errors: Mapping[str, str]  # arm -> why its policy could not be evaluated
+    total: int                 # the experiment's decisions the sample was drawn from
+
+
+def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping[str, Any],
+                    policies: Mapping[str, Any] | None, report_seqs: np.ndarray) -> _OfflineInputs | str:
+    """On a connection of its own: the report's decisions (``report_seqs``: shown, of an arm), all of them
+    up to :data:`OFFLINE_SAMPLE_EVENTS` (:data:`OFFLINE_VW_SAMPLE_EVENTS` when an arm is a ``vw``
+    policy), else that many spread evenly over the log (ranks ``floor(i * N / size)`` in seq order),
+    with every arm's current policy's pmf on each. Returns why not as a string when there is nothing
+    to evaluate.
+
+    Per decision the JSON columns arrive as text and are decoded once per distinct text (candidate
+    lists and pmfs repeat; so do many contexts); a policy's pmf is computed once per distinct
+    (context, candidate set): the choosers are deterministic given their model.
+    """
+    size = OFFLINE_VW_SAMPLE_EVENTS if any(a["kind"] == "vw" for a in experiment["arms"]) else OFFLINE_SAMPLE_EVENTS
+    total = int(report_seqs.size)
+    if total < 20:
+        return f"offline estimates need at least 20 shown decisions, have {total}"
+    sample = report_seqs if total <= size else report_seqs[(np.arange(size, dtype=np.int64) * total) // size]
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        columns = "seq, catalog_version, {0}inline_candidates{1}, {0}candidate_ids{1}, {0}pmf{1}, chosen_index, " \
+                  "{0}context{1}"
+        if connection.dialect.name == "sqlite":
+            _map_file(raw)
+            rows = _rows(raw, f"SELECT {columns.format('', '')} FROM decisions WHERE seq IN "
+                              "(SELECT value FROM json_each(?)) ORDER BY seq", (json.dumps(sample.tolist()),))
         else:
-            catalog = catalogs.get(r.catalog_version or 0, {})
-            candidates.append(tuple(catalog.get(b, Candidate(b)) for b in r.candidate_ids))
-    _, codes = np.unique(ids_matrix.astype(str), return_inverse=True)
-    codes = np.where(mask, codes.reshape(n, width), -1)
+            rows = _rows(raw, f"SELECT {columns.format('(', ')::text')} FROM decisions WHERE seq = ANY(%s) "
+                              "ORDER BY seq", (sample.tolist(),))
+        catalogs: dict[int, dict[str, Candidate]] = {}
+        for version in {r[1] for r in rows if r[1]}:
+            blocks = connection.execute(select(CatalogVersion.blocks).where(
+                CatalogVersion.slot_id == slot["id"], CatalogVersion.version == version)).scalar_one_or_none() or []
+            catalogs[version] = {b["id"]: Candidate(b["id"], b.get("features", {})) for b in blocks}
+        choosers = {arm["name"]: _chooser(policies, arm["policy"], connection) for arm in experiment["arms"]}
+    decode = _JsonMemo()
+    n = len(rows)
+    # candidate sets: (catalog version, inline text, ids text) -> index; their candidates, ids and VW cache key
+    set_index: dict[tuple[Any, ...], int] = {}
+    sets: list[tuple[tuple[Candidate, ...], list[str], str | None]] = []
+    pmf_index: dict[str, int] = {}
+    row_set = np.empty(n, dtype=np.int64)
+    row_pmf = np.empty(n, dtype=np.int64)
+    for i, row in enumerate(rows):
+        key = (row[1], row[2], row[3])
+        k = set_index.get(key)
+        if k is None:
+            ids = [str(v) for v in decode(row[3])]
+            inline = decode(row[2])
+            if inline:
+                candidates = tuple(Candidate(c["id"], c.get("features", {})) for c in inline)
+                cache_key = None
+            else:
+                catalog = catalogs.get(row[1] or 0, {})
+                candidates = tuple(catalog.get(b, Candidate(b)) for b in ids)
+                cache_key = f"report:{row[1]}:{row[3]}"
+            k = set_index[key] = len(sets)
+            sets.append((candidates, ids, cache_key))
+        row_set[i] = k
+        row_pmf[i] = pmf_index.setdefault(row[4], len(pmf_index))
+    width = max(len(ids) for _, ids, _ in sets)
+    block_code: dict[str, int] = {}
+    set_codes = np.full((len(sets), width), -1, dtype=np.int64)
+    for k, (_, ids, _) in enumerate(sets):
+        set_codes[k, :len(ids)] = [block_code.setdefault(b, len(block_code)) for b in ids]
+    pmf_table = np.zeros((len(pmf_index), width))
+    for text_, k in pmf_index.items():
+        values = decode(text_)
+        pmf_table[k, :len(values)] = values
+    codes = set_codes[row_set]
+    mask = codes >= 0
+    logging_pmf = pmf_table[row_pmf]
+    chosen = np.array([r[5] for r in rows], dtype=np.int64)
+    targets: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    contexts: dict[str, int] = {}
+    row_context = np.array([contexts.setdefault(r[6] or "{}", len(contexts)) for r in rows], dtype=np.int64)
+    context_values = [decode(t) or {} for t in contexts]
+    pair = row_context * len(sets) + row_set  # a (context, candidate set) code per decision
+    pairs, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    for arm in experiment["arms"]:
+        chooser = choosers[arm["name"]]
+        if chooser is None:
+            errors[arm["name"]] = "policy not loadable"
+            continue
+        lock = getattr(chooser, "lock", None)
+        table = np.zeros((pairs.size, width))
+        for j, row_at in enumerate(first):
+            candidates, _, cache_key = sets[int(row_set[row_at])]
+            context = context_values[int(row_context[row_at])]
+            if lock is not None:
+                with lock:
+                    p = chooser.pmf(context, candidates, cache_key)
+            else:
+                p = chooser.pmf(context, candidates, cache_key)
+            table[j, :len(p)] = p
+        pi = table[inverse.reshape(-1)]
+        targets[arm["name"]] = pi / pi.sum(1, keepdims=True)
+    return _OfflineInputs(np.array([r[0] for r in rows], dtype=np.int64), chosen, logging_pmf, mask, codes,
+                          targets, errors, total)
+
+
+def _offline_section(pending: Future[_OfflineInputs | str], data: ExperimentData, experiment: Mapping[str, Any],
+                     slot: Mapping[str, Any], control: str) -> dict[str, Any]:
+    """Every arm's current policy evaluated on the sampled decisions that the report counts (shown,
+    of an arm), with the report's rewards: SNIPS and DR per arm, DR paired against control."""
+    inputs = pending.result()
+    if isinstance(inputs, str):
+        return {"available": False, "reason": inputs}
+    from analysis.estimators import EstimatorError, EventData, estimate
+
+    position = np.searchsorted(data.seq, inputs.seq)
+    found = position < data.seq.size
+    found[found] = data.seq[position[found]] == inputs.seq[found]
+    n = int(found.sum())
+    if n < 20:
+        return {"available": False, "reason": f"offline estimates need at least 20 shown decisions, have {n}"}
+    reward = data.reward[position[found]]
+    logging_pmf = inputs.logging_pmf[found]
     try:
-        data = EventData.from_arrays(reward=rewards, chosen=chosen,
-                                     logging_pmf=logging_pmf / logging_pmf.sum(1, keepdims=True), mask=mask, codes=codes)
+        events = EventData.from_arrays(reward=reward, chosen=inputs.chosen[found],
+                                       logging_pmf=logging_pmf / logging_pmf.sum(1, keepdims=True),
+                                       mask=inputs.mask[found], codes=inputs.codes[found])
     except EstimatorError as error:
         return {"available": False, "reason": f"the logged decisions cannot be evaluated: {error} ({error.field})"}
     reward_range = (float(slot["reward_min"]), float(slot["reward_max"]))
-    targets: dict[str, np.ndarray] = {}
+    targets = {arm: pi[found] for arm, pi in inputs.targets.items()}
     out: list[dict[str, Any]] = []
     for arm in experiment["arms"]:
-        chooser = _chooser(policies, arm["policy"], connection)
-        if chooser is None:
-            out.append({"arm": arm["name"], "policy": arm["policy"], "error": "policy not loadable"})
+        if arm["name"] in inputs.errors:
+            out.append({"arm": arm["name"], "policy": arm["policy"], "error": inputs.errors[arm["name"]]})
             continue
-        pi = np.zeros((n, width))
-        lock = getattr(chooser, "lock", None)
-        for i, r in enumerate(rows):
-            if lock is not None:
-                with lock:
-                    p = chooser.pmf(r.context, candidates[i])
-            else:
-                p = chooser.pmf(r.context, candidates[i])
-            pi[i, :len(p)] = p
-        pi /= pi.sum(1, keepdims=True)
-        targets[arm["name"]] = pi
         entry: dict[str, Any] = {"arm": arm["name"], "policy": arm["policy"], "kind": arm["kind"]}
         for method in ("snips", "dr"):
-            est = estimate(data, pi, method, "normal", reward_range=reward_range)
+            est = estimate(events, targets[arm["name"]], method, "normal", reward_range=reward_range)
             entry[method] = {"value": est.value, "ci": [est.ci_low, est.ci_high], "stderr": est.stderr,
                              "ess": est.diagnostics.ess, "flags": list(est.flags)}
         out.append(entry)
     comparisons: list[dict[str, Any]] = []
     if control in targets and len(targets) > 1:
-        try:
-            from analysis.compare import compare
+        from analysis.compare import compare
 
-            others = {k: v for k, v in targets.items() if k != control}
-            for c in compare(data, others, targets[control], baseline_name=control, method="dr",
-                             reward_range=reward_range):
-                comparisons.append({"arm": c.candidate, "control": c.baseline, "difference": c.difference,
-                                    "ci": [c.ci_low, c.ci_high], "p_value": c.p_value,
-                                    "p_value_adjusted": c.p_adjusted, "significant": c.significant, "note": c.note})
-        except ImportError as error:  # pragma: no cover
-            comparisons.append({"error": f"paired comparisons unavailable: {error}"})
+        others = {k: v for k, v in targets.items() if k != control}
+        for c in compare(events, others, targets[control], baseline_name=control, method="dr",
+                         reward_range=reward_range):
+            comparisons.append({"arm": c.candidate, "control": c.baseline, "difference": c.difference,
+                                "ci": [c.ci_low, c.ci_high], "p_value": c.p_value,
+                                "p_value_adjusted": c.p_adjusted, "significant": c.significant, "note": c.note})
+    limit = OFFLINE_VW_SAMPLE_EVENTS if any(a["kind"] == "vw" for a in experiment["arms"]) else OFFLINE_SAMPLE_EVENTS
     return {
-        "available": True, "events": n, "method": "snips and dr (normal 95% intervals) on the latest decisions "
-        "of every arm; each arm's current policy (vw: its latest snapshot)", "estimates": out,
-        "paired_dr_vs_control": comparisons,
+        "available": True, "events": n,
+        "sample": {"report_decisions": inputs.total, "evaluated": n, "limit": limit,
+                   "rule": (f"every {inputs.total / inputs.seq.size:.3g}th decision in log order"
+                            if inputs.seq.size < inputs.total else "every decision")},
+        "method": "snips and dr (normal 95% intervals) on the report's decisions (shown, of an arm; a sample "
+                  "spread evenly over the log past the limit) with the report's rewards; each arm's current "
+                  "policy (vw: its latest snapshot)",
+        "estimates": out, "paired_dr_vs_control": comparisons,
     }
-
-
-def _offline_apart(engine: Engine, experiment: Mapping[str, Any], slot: Mapping[str, Any],
-                   policies: Mapping[str, Any] | None, control: str) -> dict[str, Any]:
-    with engine.connect() as connection:
-        return _offline_section(connection, experiment, slot, policies, control)
 
 
 def _chooser(policies: Mapping[str, Any] | None, name: str, connection: Connection) -> Any:
@@ -1136,22 +1654,6 @@ def _chooser(policies: Mapping[str, Any] | None, name: str, connection: Connecti
         model = connection.execute(select(Snapshot.model).where(Snapshot.policy_name == name)
                                    .order_by(Snapshot.version.desc()).limit(1)).scalar_one_or_none()
     return build_chooser(config, model)
-
-
-def _event_rewards(connection: Connection, event_ids: Sequence[str], slot: Mapping[str, Any]) -> np.ndarray:
-    values: dict[str, list[float]] = {}
-    for start in range(0, len(event_ids), 500):
-        chunk = event_ids[start:start + 500]
-        for event_id, value in connection.execute(select(Reward.event_id, Reward.value)
-                                                  .where(Reward.event_id.in_(chunk)).order_by(Reward.id)).all():
-            values.setdefault(event_id, []).append(value)
-    rules: dict[str, Callable[[list[float]], float]] = {"sum": sum, "max": max, "first": lambda v: v[0]}
-    agg = rules.get(slot["reward_aggregation"], sum)
-    out = np.empty(len(event_ids))
-    for i, event_id in enumerate(event_ids):
-        got = values.get(event_id)
-        out[i] = min(max(agg(got), slot["reward_min"]), slot["reward_max"]) if got else slot["default_reward"]
-    return out
 
 
 # ----------------------------------------------------------------------------- the report
@@ -1170,6 +1672,7 @@ class _CachedReport:
     body: dict[str, Any]
     verdicts: tuple[str, ...]
     stored: float
+    source: Mapping[str, Any]
 
 
 _report_cache: OrderedDict[tuple[Any, ...], _CachedReport] = OrderedDict()
@@ -1232,8 +1735,8 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
                 hit = None
         fetched = time.perf_counter()
         if hit is None:
-            body, verdicts, fetched = _report_body(connection, experiment, slot, policies, bucket, offline)
-            hit = _CachedReport(body, verdicts, time.monotonic())
+            body, verdicts, fetched, source = _report_body(connection, experiment, slot, policies, bucket, offline)
+            hit = _CachedReport(body, verdicts, time.monotonic(), source)
             if cache:
                 with _report_cache_lock:
                     _report_cache[key] = hit
@@ -1248,26 +1751,39 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
     report["verdicts"] = list(hit.verdicts) + [g["verdict"] for g in guardrails if g["breached"]]
     report["generated_at"] = datetime.now(UTC).isoformat()
     report["timing_ms"] = {"fetch": round((fetched - started) * 1000, 1),
-                           "total": round((time.perf_counter() - started) * 1000, 1), "cached": cached}
+                           "total": round((time.perf_counter() - started) * 1000, 1), "cached": cached,
+                           "source": dict(hit.source)}
     return report
 
 
 def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Mapping[str, Any],
                  policies: Mapping[str, Any] | None, bucket: str,
-                 offline: bool) -> tuple[dict[str, Any], tuple[str, ...], float]:
-    """The report from the log, without the parts that change between views (guardrails, time
-    stamps); returns it, the statistical verdicts, and when the decisions were fetched."""
+                 offline: bool) -> tuple[dict[str, Any], tuple[str, ...], float, Mapping[str, Any]]:
+    """The report from the log, without the parts that change between views (guardrails' limits, time
+    stamps); returns it, the statistical verdicts, when the decisions were fetched, and where they came
+    from (``ExperimentData.source``)."""
+    arms = [a["name"] for a in experiment["arms"]]
+    control = experiment["control"]
+    # the offline section (its sample, on a connection of its own, the policies' pmfs, the estimates)
+    # runs beside the statistics
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
+        fetched = time.perf_counter()
+        inputs = pool.submit(_offline_inputs, connection.engine, experiment, slot, policies, data.seq) \
+            if offline else None
+        estimates = (pool.submit(_offline_section, inputs, data, experiment, slot, control)
+                     if inputs is not None else None)
+        body, verdicts = _report_statistics(experiment, slot, data, bucket)
+        body["offline"] = (estimates.result() if estimates is not None
+                           else {"available": False, "reason": "offline section not requested"})
+    return body, verdicts, fetched, data.source
+
+
+def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], data: ExperimentData,
+                       bucket: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     arms = [a["name"] for a in experiment["arms"]]
     shares = {a["name"]: a["share"] for a in experiment["arms"]}
     control = experiment["control"]
-    # the offline section (its own queries and policy evaluations) runs beside the scan, on its own connection
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        estimates = pool.submit(_offline_apart, connection.engine, experiment, slot, policies, control) \
-            if offline else None
-        data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
-        fetched = time.perf_counter()
-        offline_section = (estimates.result() if estimates is not None
-                           else {"available": False, "reason": "offline section not requested"})
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
@@ -1342,10 +1858,10 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
         "guardrails": [],
         "segments": segments,
         "time_series": series,
-        "offline": offline_section,
+        "offline": None,
         "timing_ms": {},
     }
-    return body, tuple(result.verdicts), fetched
+    return body, tuple(result.verdicts)
 
 
 def _guardrails(limits: Mapping[str, float], arm_rows: Sequence[Mapping[str, Any]],
@@ -1434,7 +1950,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     if not offline.get("available"):
         lines.append(offline.get("reason", "offline estimates unavailable"))
     else:
-        lines += [f"{offline['events']} events; {offline['method']}", "", "| arm | SNIPS | CI | DR | CI |", "|---|---|---|---|---|"]
+        sample = offline.get("sample", {})
+        lines += [f"{offline['events']} of {sample.get('report_decisions', offline['events'])} decisions "
+                  f"({sample.get('rule', 'every decision')}); {offline['method']}", "", "| arm | SNIPS | CI | DR | CI |", "|---|---|---|---|---|"]
         for est in offline["estimates"]:
             if "error" in est:
                 lines.append(f"| {est['arm']} | {est['error']} | | | |")

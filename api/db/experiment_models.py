@@ -13,12 +13,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.db.models import Base, Decision, utcnow
 
-__all__ = ["Experiment", "ExperimentArm"]
+__all__ = ["Experiment", "ExperimentArm", "ReportChunk"]
 
 
 class Experiment(Base):
@@ -56,6 +66,26 @@ class ExperimentArm(Base):
     share: Mapped[float] = mapped_column(Float)
     start: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """Per-arm override of the experiment's learning_start."""
+
+
+class ReportChunk(Base):
+    """Part of the report's binary copy of an experiment's log (migration 0006; ``api.experiments``,
+    "Report copy"). Written by report readers only. Chunk ``position`` k covers the decisions after
+    chunk k-1's cursor up to its own (``meta``: base and cursor of decision seq, reward id and
+    activation key, the row counts at the cursor, new labels); ``data`` is an ``.npz`` of the
+    encoded columns. Deleting an experiment's chunks is always safe: the next report rebuilds them.
+    """
+
+    __tablename__ = "report_chunks"
+    __table_args__ = (UniqueConstraint("experiment_id", "position", name="uq_report_chunks_experiment_position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """What the encoding depends on (format version, dialect, arms, reward window); another value voids the chunk."""
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 # The report reads one experiment's decisions: index them by (experiment_id, seq).

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
+from api.db.experiment_models import ReportChunk
 from api.db.models import Activation, Block, CatalogVersion, Decision, Policy, Reward, Slot, utcnow
 
 __all__ = [
@@ -100,14 +101,22 @@ def find_decision(connection: Connection, event_id: str) -> dict[str, Any] | Non
 
 
 def erase_unit(engine: Engine, unit_key: str) -> int:
-    """Forget a unit: its pseudonym and user features go from every decision. Returns decisions touched."""
+    """Forget a unit: its pseudonym and user features go from every decision. Returns decisions touched.
+
+    The report copies of the experiments those decisions belong to are dropped in the same
+    transaction (they hold the unit's hashed key and its grouping; the next report rebuilds them).
+    """
     with engine.begin() as connection:
         rows = connection.execute(
-            select(_decisions.c.seq, _decisions.c.context).where(_decisions.c.unit_key == unit_key)
+            select(_decisions.c.seq, _decisions.c.context, _decisions.c.experiment_id)
+            .where(_decisions.c.unit_key == unit_key)
         ).all()
-        for seq, context in rows:
+        for seq, context, _ in rows:
             scrubbed = {k: v for k, v in (context or {}).items() if k != "user"}
             connection.execute(update(_decisions).where(_decisions.c.seq == seq).values(unit_key=None, context=scrubbed))
+        experiments = {r.experiment_id for r in rows if r.experiment_id is not None}
+        if experiments:
+            connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id.in_(experiments)))
     return len(rows)
 
 
@@ -119,6 +128,8 @@ def purge_older_than(engine: Engine, days: float, now: datetime | None = None) -
         rewards = connection.execute(delete(Reward).where(Reward.event_id.in_(old))).rowcount
         activations = connection.execute(delete(Activation).where(Activation.event_id.in_(old))).rowcount
         decisions = connection.execute(delete(_decisions).where(_decisions.c.created_at < cutoff)).rowcount
+        if decisions or rewards or activations:
+            connection.execute(delete(ReportChunk))  # report copies are rebuilt from what is left
     return {"decisions": decisions, "activations": activations, "rewards": rewards}
 
 

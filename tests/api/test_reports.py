@@ -357,3 +357,164 @@ def test_migration_backfills_the_segment_columns_from_the_context(database_url) 
         assert [tuple(r) for r in rows] == [("mobile", "DE", "evening"), (None, None, "night")]
     finally:
         engine.dispose()
+
+
+# ----------------------------------------------------------------------------- the report copy against a read of the log
+
+def _append_log(engine, eid: int, first: int, count: int, seed: int, *, old_rewards: int = 0, live: bool = False) -> None:
+    """``count`` more decisions of experiment ``eid`` (event ids ev{first}...), half of them from units already in
+    the log; rewards and activations for them, and ``old_rewards`` rewards and activations for decisions already
+    logged (inside and outside their window), as they keep arriving while an experiment runs. ``live``: the
+    decisions were made 60 to 12 seconds ago and their rewards arrive now."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert, select
+
+    from api.db.models import Activation, Decision, Reward
+
+    rng = random.Random(seed)
+    with engine.begin() as c:
+        old = c.execute(select(Decision.event_id, Decision.unit_key, Decision.arm, Decision.slot_id,
+                               Decision.created_at, Decision.deferred)
+                        .where(Decision.experiment_id == eid).order_by(Decision.seq)).all()
+        activated = set(c.execute(select(Activation.event_id)).scalars())
+        last = old[-1].created_at
+        rows, rewards, activations = [], [], []
+        for i in range(first, first + count):
+            if rng.random() < 0.5:
+                pick = rng.choice(old)
+                unit, arm = pick.unit_key, pick.arm
+            else:
+                unit, arm = f"{rng.getrandbits(128):032x}", rng.choice("abc")
+            created = (datetime.now(UTC) - timedelta(seconds=60 - 48 * (i - first) / count) if live
+                       else last + timedelta(seconds=(i - first + 1) * 290))
+            rows.append(dict(
+                event_id=f"ev{i}", slot_id=old[0].slot_id, policy_name=f"p.{arm}", policy_kind="uniform",
+                model_version=0, trained=False, learning_mode="online", catalog_version=None,
+                candidate_ids=["b0", "b1"], pmf=[0.5, 0.5], chosen_index=0, chosen_block="b0", probability=0.5,
+                context={}, unit_key=unit, experiment_id=eid, arm=arm, consent=True, deferred=rng.random() < 0.3,
+                fallback=rng.random() < 0.05, fallback_reason=None, created_at=created,
+                device_type=rng.choice(["mobile", "desktop", "tv"]), country=rng.choice(["DE", "BR", "unknown"]),
+                daypart=rng.choice(["night", "morning"])))
+            if rng.random() < 0.6:  # stamped when it arrives (PostgreSQL's copy keys activations by that time)
+                activations.append(dict(event_id=f"ev{i}", created_at=datetime.now(UTC)))
+            if rng.random() < (0.9 if live else 0.4):
+                rewards.append(dict(event_id=f"ev{i}", reward_id="r0", value=rng.choice([1.0, 0.3, 1 / 7]),
+                                    created_at=datetime.now(UTC) if live else created + timedelta(seconds=3)))
+        for k, pick in enumerate(rng.sample(old, old_rewards)):
+            late = k % 4 == 0
+            rewards.append(dict(event_id=pick.event_id, reward_id=f"again{first}-{k}", value=rng.choice([0.5, 2 / 3]),
+                                created_at=pick.created_at + timedelta(seconds=900 if late else 60)))
+            if pick.deferred and pick.event_id not in activated:  # a deferred block finally shown
+                activations.append(dict(event_id=pick.event_id, created_at=datetime.now(UTC)))
+                activated.add(pick.event_id)
+        c.execute(insert(Decision), rows)
+        c.execute(insert(Reward), rewards)
+        if activations:
+            c.execute(insert(Activation), activations)
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "first"])
+def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, monkeypatch) -> None:
+    """The report built from the stored copy plus the rows past its cursors equals the report read from the
+    whole log (and the plain-Python reference), after new decisions, rewards and activations arrive, after a
+    restart, through appended chunks and their compaction, and after what voids a copy: a row below a cursor
+    committing late, an erased unit, a purge."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from api import experiments
+    from api.db import queries
+    from api.db.engine import make_engine
+    from api.db.experiment_models import ReportChunk
+    from api.db.models import Decision, Reward
+
+    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    monkeypatch.setattr(experiments, "REPORT_COPY_GROWTH", 0.05)
+    monkeypatch.setattr(experiments, "REPORT_COPY_MAX_CHUNKS", 3)
+    read = experiments.fetch_experiment_data
+    eid, _ = _seed_log(database_url, aggregation, messy=False)
+    engine = make_engine(database_url)
+
+    def report(patched=None, bucket="day"):
+        with monkeypatch.context() as patch:
+            if patched is not None:
+                patch.setattr(experiments, "fetch_experiment_data", patched)
+            body = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+        body.pop("generated_at")
+        return body, body.pop("timing_ms")
+
+    def check(**expected):
+        sources = []
+        for bucket in ("day", "hour"):  # the second report finds what the first one wrote
+            copied, timing = report(bucket=bucket)
+            whole, _ = report(lambda *a, **k: read(*a, **k, use_copy=False), bucket)
+            reference, _ = report(_reference_data, bucket)
+            assert copied == whole == reference
+            sources.append(timing["source"])
+        for key, value in expected.items():
+            assert sources[0][key] == value, (key, sources[0])
+        return sources[0]
+
+    def chunks():
+        with engine.connect() as c:
+            return c.execute(select(func.count()).select_from(ReportChunk).where(ReportChunk.experiment_id == eid)).scalar()
+
+    try:
+        check(copied_decisions=0, read_decisions=600, copy_written=True)
+        assert chunks() == 1
+        check(copied_decisions=600, read_decisions=0, copy_written=False)
+        _append_log(engine, eid, 600, 30, seed=1, old_rewards=40)  # below the growth threshold: read, not copied
+        check(copied_decisions=600, read_decisions=30, copy_written=False)
+        engine.dispose()  # a restart: a new process finds the copy in the database
+        experiments.clear_report_cache()
+        engine = make_engine(database_url)
+        check(copied_decisions=600, read_decisions=30)
+        first = 630
+        for round_ in range(4):  # appended chunks, then their compaction into one
+            _append_log(engine, eid, first, 70, seed=2 + round_, old_rewards=25)
+            first += 70
+            check(copy_written=True)
+            assert chunks() == (2, 3, 1, 2)[round_]
+        source = check(copy_written=False, read_decisions=0, copy_chunks=2)
+        assert source["copied_decisions"] == first
+        # decisions a few seconds old whose rewards arrive as the copy is written (PostgreSQL copies the
+        # decisions, not yet the rewards: their ids could still be overtaken by lower ones)
+        _append_log(engine, eid, first, 60, seed=9, live=True)
+        first += 60
+        check(copy_written=True, copy_chunks=2)
+        check(copy_written=False, read_decisions=0, copied_decisions=first)
+        with engine.begin() as c:  # a reward below the copy's cursor that commits late (a low id)
+            event = c.execute(select(Decision.event_id, Decision.created_at).where(Decision.experiment_id == eid)
+                              .order_by(Decision.seq).limit(1)).one()
+            c.execute(insert(Reward).values(id=0, event_id=event.event_id, reward_id="late-commit", value=1.0,
+                                            created_at=event.created_at))
+        check(copy_dropped=True, copied_decisions=0)
+        with engine.connect() as c:
+            unit = c.execute(select(Decision.unit_key).where(Decision.experiment_id == eid, Decision.unit_key.is_not(None))
+                             .group_by(Decision.unit_key).order_by(func.count().desc()).limit(1)).scalar()
+        assert queries.erase_unit(engine, unit) > 1 and chunks() == 0  # its decisions are no longer one unit
+        check(copied_decisions=0, copy_written=True)
+        removed = queries.purge_older_than(engine, 0, now=datetime(2026, 3, 2, 6, tzinfo=UTC))
+        assert removed["decisions"] > 0 and chunks() == 0
+        check(copied_decisions=0, copy_written=True)
+    finally:
+        engine.dispose()
+
+
+def test_report_copy_is_not_written_for_keys_it_cannot_carry(sqlite_url, monkeypatch) -> None:
+    """Unit keys holding the column separator take the Python path: that report reads the whole log, as before."""
+    from api import experiments
+    from api.db.engine import make_engine
+
+    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    eid, _ = _seed_log(sqlite_url, "max", messy=True)
+    engine = make_engine(sqlite_url)
+    try:
+        for _ in range(2):
+            report = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+            assert report["timing_ms"]["source"]["copy_written"] is False
+            assert report["timing_ms"]["source"]["copied_decisions"] == 0
+    finally:
+        engine.dispose()
