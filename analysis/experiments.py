@@ -78,6 +78,20 @@ Power
     ``NormalIndPower``); required units at the configured shares solve
     ``SE(M) = delta / (z_{1-a/2} + z_{power})``. Uncorrected alpha.
 
+Guardrails (:func:`guardrail_checks`)
+    A guardrail is a per-decision rate where higher is worse (the fallback
+    rate: decisions that served the slot's default because the arm's policy
+    failed). Per unit ``Y_i`` = its count of such decisions, ``X_i`` = its
+    decisions, so the rate is a ratio metric with the delta-method variance
+    above (binary per decision: the two-proportion z-test when every unit has
+    one decision, else Welch's t). Each arm is tested against control
+    **one-sided**, H1: the arm's rate is higher (``p = p_two_sided / 2`` when
+    the arm is higher, ``1 - p_two_sided / 2`` otherwise), Holm-corrected
+    across the arms like the primary metric; in sequential mode the
+    always-valid two-sided p-value is used when the arm is higher
+    (conservative). ``worsened`` when the adjusted p-value is below
+    ``alpha``: a verdict line says so.
+
 Degeneracy never raises: a result carries ``None`` in the undefined fields
 and machine-readable ``codes`` (see :data:`CODES`). Invalid input raises::
 
@@ -111,6 +125,7 @@ __all__ = [
     "Comparison",
     "ExperimentError",
     "ExperimentResult",
+    "GuardrailResult",
     "InvalidConfig",
     "InvalidExperiment",
     "InvalidStatistics",
@@ -124,6 +139,7 @@ __all__ = [
     "analyze_experiment",
     "analyze_segments",
     "cumulative_series",
+    "guardrail_checks",
     "holm",
     "power_analysis",
     "sample_ratio_check",
@@ -1123,6 +1139,100 @@ def analyze_segments(
                                         config.sequential, config.correction, arm_results,
                                         tuple(comps), srm, verdicts)
     return SegmentBreakdown(dimension, results, family)
+
+
+@dataclass(frozen=True)
+class GuardrailResult:
+    """One arm against control on a guardrail rate (higher is worse), tested one-sided."""
+
+    metric: str
+    arm: str
+    control: str
+    value: float | None
+    """The arm's rate per decision."""
+    control_value: float | None
+    difference: float | None
+    """``value - control_value``."""
+    ci: Interval | None
+    """Two-sided interval of the difference at ``config.level``."""
+    method: str
+    p_value: float | None
+    """One-sided, H1: the arm's rate is higher than control's."""
+    p_value_adjusted: float | None
+    worsened: bool
+    """The arm's rate is significantly higher (adjusted one-sided p < alpha)."""
+    codes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = _jsonable(self)
+        return out
+
+
+GUARDRAIL_LABELS: Mapping[str, str] = {"fallback_rate": "fallback rate"}
+
+
+def _format_rate(value: float) -> str:
+    """A rate in percent: one decimal from 0.1% up, else two significant digits."""
+    return f"{value * 100:.1f}%" if value >= 0.001 or value == 0 else f"{value * 100:.2g}%"
+
+
+def guardrail_checks(
+    arms: Mapping[str, ArmStats],
+    *,
+    metric: str,
+    control: str,
+    shares: Mapping[str, float],
+    config: AnalysisConfig = AnalysisConfig(),  # noqa: B008 - frozen, immutable default
+) -> tuple[tuple[GuardrailResult, ...], tuple[str, ...]]:
+    """Test every arm's guardrail rate against control's (see the module docstring) and say which worsened.
+
+    Args:
+        arms: arm name -> :class:`ArmStats` whose "reward" is the guardrail count: per unit, ``Y_i`` its
+            decisions that count against the guardrail (e.g. served the fallback), ``X_i`` its decisions.
+        metric: the guardrail's name (``"fallback_rate"``), used in results and verdicts.
+        control, shares, config: as in :func:`analyze_experiment`; ``config.metric`` and ``binary``
+            are ignored (a guardrail is a rate per decision of 0/1 events).
+
+    Returns:
+        One :class:`GuardrailResult` per non-control arm, and verdict lines for those that worsened, e.g.
+        ``"guardrail fallback rate worsened in arm B: 2.1% vs 0.4%, p = 0.001"``.
+    """
+    rate = dataclasses.replace(config, metric="reward_per_decision", binary=True)
+    clean = _validate(arms, control, shares, rate)
+    full = {arm: arms.get(arm, ArmStats.empty()) for arm in clean}
+    raw: list[GuardrailResult] = []
+    for arm in clean:
+        if arm == control:
+            continue
+        c = _comparison(arm, control, full[control], full[arm], clean[control], clean[arm], rate)
+        p = c.p_value
+        if p is not None and c.absolute_lift is not None:
+            if config.sequential:  # the always-valid p is two-sided: conservative for the one-sided question
+                p = p if c.absolute_lift > 0 else 1.0
+            else:
+                p = p / 2.0 if c.absolute_lift > 0 else 1.0 - p / 2.0
+        a, b = full[control], full[arm]
+        raw.append(GuardrailResult(
+            metric, arm, control, b.reward_sum / b.decisions if b.decisions else None,
+            a.reward_sum / a.decisions if a.decisions else None, c.absolute_lift, c.absolute_ci, c.method,
+            p, None, False, c.codes))
+    tested = [i for i, g in enumerate(raw) if g.p_value is not None]
+    values = [float(raw[i].p_value or 0.0) for i in tested]
+    adjusted = holm(values) if config.correction == "holm" else values
+    results = list(raw)
+    for i, p in zip(tested, adjusted, strict=True):
+        g = raw[i]
+        results[i] = dataclasses.replace(g, p_value_adjusted=p, worsened=bool(
+            p < config.alpha and g.difference is not None and g.difference > 0))
+    corrected = " after correction" if config.correction == "holm" and len(tested) > 1 else ""
+    always = " (always valid)" if config.sequential else ""
+    label = GUARDRAIL_LABELS.get(metric, metric.replace("_", " "))
+    verdicts = tuple(
+        f"guardrail {label} worsened in arm {g.arm}: {_format_rate(g.value or 0.0)} vs "
+        f"{_format_rate(g.control_value or 0.0)}, p = {_format_p(g.p_value_adjusted or 0.0)}{corrected}{always}"
+        for g in results if g.worsened
+    )
+    return tuple(results), verdicts
 
 
 @dataclass(frozen=True)

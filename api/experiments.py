@@ -96,6 +96,7 @@ from analysis.experiments import (
     analyze_experiment,
     analyze_segments,
     cumulative_series,
+    guardrail_checks,
 )
 from api import schemas
 from api.auth import require_admin
@@ -1746,7 +1747,7 @@ def build_report(engine: Engine, experiment_id: int, *, policies: Mapping[str, A
         else:
             cached = True
     report = copy.deepcopy(hit.body)
-    guardrails = _guardrails(experiment["guardrails"], report["arms"], latency)
+    guardrails = _guardrails(experiment["guardrails"], report["arms"], latency, report.pop("guardrail_tests"))
     report["guardrails"] = guardrails
     report["verdicts"] = list(hit.verdicts) + [g["verdict"] for g in guardrails if g["breached"]]
     report["generated_at"] = datetime.now(UTC).isoformat()
@@ -1790,6 +1791,10 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
     by_unit = np.argsort(data.unit, kind="stable")
     arm_stats = _by_arm(_unit_stats(data.arm, data.unit, data.reward, n_arms, by_unit), arms)
     result = analyze_experiment(arm_stats, control=control, shares=shares, config=config)
+    # guardrail: each arm's fallback rate (per decision, unit-clustered) against control's, one-sided
+    fallbacks = _by_arm(_unit_stats(data.arm, data.unit, data.fallback.astype(np.float64), n_arms, by_unit), arms)
+    guardrail_tests, guardrail_verdicts = guardrail_checks(fallbacks, metric="fallback_rate", control=control,
+                                                           shares=shares, config=config)
 
     counts = {
         "decisions": np.bincount(data.arm, minlength=n_arms),
@@ -1856,32 +1861,45 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
         "comparisons": analysis["comparisons"],
         "srm": analysis["srm"],
         "guardrails": [],
+        "guardrail_tests": [g.to_dict() for g in guardrail_tests],
         "segments": segments,
         "time_series": series,
         "offline": None,
         "timing_ms": {},
     }
-    return body, tuple(result.verdicts)
+    lines = list(result.verdicts)
+    srm = 1 if result.srm.mismatch else 0  # the sample-ratio line stays first; worsened guardrails come next
+    return body, tuple(lines[:srm] + list(guardrail_verdicts) + lines[srm:])
 
 
 def _guardrails(limits: Mapping[str, float], arm_rows: Sequence[Mapping[str, Any]],
-                latency: Mapping[str, float] | None) -> list[dict[str, Any]]:
+                latency: Mapping[str, float] | None, tests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The guardrail rows: per arm its fallback rate with the one-sided test against control
+    (``analysis.experiments.guardrail_checks``: ``worsened``) and, when the experiment sets
+    ``max_fallback_rate``, the limit (``breached``); the service-wide decide latency against
+    ``max_latency_ms``. Decisions do not store their latency, so latency has no per-arm test."""
     out: list[dict[str, Any]] = []
     limit = limits.get("max_fallback_rate")
-    if limit is not None:
-        for row in arm_rows:
-            rate = row["fallback_rate"]
-            breached = rate is not None and rate > limit
-            out.append({"arm": row["arm"], "name": "fallback_rate", "value": rate, "limit": limit,
-                        "breached": breached,
-                        "verdict": f"guardrail: arm {row['arm']} serves the fallback on {rate:.2%} of decisions "
-                                   f"(limit {limit:.2%})" if breached else ""})
+    by_arm = {t["arm"]: t for t in tests}
+    for row in arm_rows:
+        rate = row["fallback_rate"]
+        test = by_arm.get(row["arm"], {})
+        breached = limit is not None and rate is not None and rate > limit
+        out.append({"arm": row["arm"], "name": "fallback_rate", "value": rate, "limit": limit, "breached": breached,
+                    "control_value": test.get("control_value"), "difference": test.get("difference"),
+                    "ci": test.get("ci"), "method": test.get("method"), "p_value": test.get("p_value"),
+                    "p_value_adjusted": test.get("p_value_adjusted"), "worsened": bool(test.get("worsened")),
+                    "codes": test.get("codes", []),
+                    "verdict": f"guardrail: arm {row['arm']} serves the fallback on {rate:.2%} of decisions "
+                               f"(limit {limit:.2%})" if breached else ""})
     limit = limits.get("max_latency_ms")
     if limit is not None:
         p95 = latency.get("p95") if latency else None
         breached = p95 is not None and p95 > limit
         out.append({"arm": None, "name": "latency_p95_ms", "value": p95, "limit": limit, "breached": breached,
-                    "scope": "service-wide decide latency of this worker (not per arm)",
+                    "worsened": False,
+                    "scope": "service-wide decide latency of this worker (decisions do not store their latency, "
+                             "so there is no per-arm comparison)",
                     "verdict": f"guardrail: decide latency p95 {p95:.1f} ms exceeds {limit:g} ms" if breached else ""})
     return out
 

@@ -7,6 +7,7 @@ statistics of those arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -37,6 +38,7 @@ from analysis.experiments import (
     analyze_experiment,
     analyze_segments,
     cumulative_series,
+    guardrail_checks,
     holm,
     power_analysis,
     sample_ratio_check,
@@ -554,8 +556,78 @@ def test_public_surface_is_pinned() -> None:
         "CODES", "AnalysisConfig", "ArmResult", "ArmStats", "Comparison", "ExperimentError",
         "ExperimentResult", "InvalidConfig", "InvalidExperiment", "InvalidStatistics",
         "PowerAnalysis", "RatioStatistic", "SampleMeanStatistic", "SampleRatioCheck",
-        "SegmentBreakdown", "SeriesPoint", "TimeSeries", "analyze_experiment", "analyze_segments",
-        "cumulative_series", "holm", "power_analysis", "sample_ratio_check", "sequential_halfwidth",
+        "GuardrailResult", "SegmentBreakdown", "SeriesPoint", "TimeSeries", "analyze_experiment",
+        "analyze_segments", "cumulative_series", "guardrail_checks", "holm", "power_analysis", "sample_ratio_check", "sequential_halfwidth",
         "sequential_p_value", "sequential_rho", "two_proportion_ztest", "welch_ttest",
     ])
     assert all(hasattr(module, name) for name in module.__all__)
+
+
+# ----------------------------------------------------------------------------- guardrails
+
+
+def test_guardrail_one_decision_per_unit_is_the_one_sided_two_proportion_z_test() -> None:
+    """Fallbacks of one decision per unit: statsmodels' pooled z-test with ``alternative="larger"``."""
+    arms = {"control": stats(1000, 4), "B": stats(1000, 21), "C": stats(1000, 2)}
+    shares = {"control": 0.4, "B": 0.3, "C": 0.3}
+    results, verdicts = guardrail_checks(arms, metric="fallback_rate", control="control", shares=shares)
+    b, c = results
+    _, p_b = proportions_ztest([21, 4], [1000, 1000], alternative="larger")
+    _, p_c = proportions_ztest([2, 4], [1000, 1000], alternative="larger")
+    assert b.method == "two_proportion_z" and b.arm == "B" and b.control == "control"
+    assert_close(b.p_value, p_b)
+    assert_close(c.p_value, p_c)
+    assert_close(b.p_value_adjusted, multipletests([p_b, p_c], method="holm")[1][0])
+    assert_close(b.value, 0.021) and assert_close(b.control_value, 0.004) and assert_close(b.difference, 0.017)
+    assert b.worsened and not c.worsened  # C has fewer fallbacks than control: never "worsened"
+    assert b.p_value_adjusted is not None and 5e-4 < b.p_value_adjusted < 7e-4
+    assert verdicts == ("guardrail fallback rate worsened in arm B: 2.1% vs 0.4%, p = 6e-4 after correction",)
+
+
+def test_guardrail_with_several_decisions_per_unit_is_the_clustered_one_sided_welch_test() -> None:
+    """A rate per decision with units of several decisions: delta-method (unit-clustered) variances, Welch's t,
+    one-sided; the two-sided interval equals the primary metric's."""
+    n = 400
+    ya, xa = unit_data(7, n, 0.01)
+    yb, xb = unit_data(8, n, 0.03)
+    arms = {"control": ArmStats.from_unit_totals(ya, xa), "B": ArmStats.from_unit_totals(yb, xb)}
+    (g,), verdicts = guardrail_checks(arms, metric="fallback_rate", control="control", shares=HALF)
+
+    def ratio_moments(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+        r = y.sum() / x.sum()
+        return r, float(np.var(y - r * x, ddof=1) / (x.mean() ** 2 * y.size))  # Var(R), Deng et al. 2018
+
+    ra, va = ratio_moments(ya, xa)
+    rb, vb = ratio_moments(yb, xb)
+    t = (rb - ra) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (n - 1) + vb**2 / (n - 1))
+    assert g.method == "welch_t"
+    assert_close(g.difference, rb - ra)
+    assert_close(g.p_value, scipy.stats.t.sf(t, dof))
+    assert g.p_value_adjusted == g.p_value
+    primary = analyze_experiment(arms, control="control", shares=HALF, config=AnalysisConfig()).comparison("B")
+    assert g.ci == primary.absolute_ci
+    assert g.worsened and g.p_value < 0.001
+    assert verdicts == (f"guardrail fallback rate worsened in arm B: {rb * 100:.1f}% vs {ra * 100:.1f}%, "
+                        f"p = {g.p_value:.0e}".replace("e-0", "e-"),)
+
+
+def test_guardrail_degenerate_and_sequential_cases() -> None:
+    # no fallbacks anywhere: no variance, no test, nothing worsened
+    (g,), verdicts = guardrail_checks({"control": stats(50, 0), "B": stats(50, 0)}, metric="fallback_rate",
+                                      control="control", shares=HALF)
+    assert g.p_value is None and not g.worsened and "zero_variance" in g.codes and verdicts == ()
+    # sequential: the always-valid (two-sided) p-value when the arm is higher, 1 when it is not
+    config = AnalysisConfig(sequential=True, burn_in_units=10, planned_units=2000)
+    arms = {"control": stats(1000, 5), "B": stats(1000, 40)}
+    (g,), verdicts = guardrail_checks(arms, metric="fallback_rate", control="control", shares=HALF, config=config)
+    binary = dataclasses.replace(config, binary=True, metric="reward_per_decision")
+    expected = analyze_experiment(arms, control="control", shares=HALF, config=binary).comparison("B").p_value
+    assert g.method == "sequential_cs" and g.p_value == expected and g.worsened
+    assert verdicts[0].endswith("(always valid)")
+    (g,), _ = guardrail_checks({"control": stats(1000, 40), "B": stats(1000, 5)}, metric="fallback_rate",
+                               control="control", shares=HALF, config=config)
+    assert g.p_value == 1.0 and not g.worsened
+    with pytest.raises(InvalidStatistics):  # more fallbacks than decisions
+        guardrail_checks({"control": stats(10, 0), "B": ArmStats(10, 30.0, 90.0, 10, 10.0, 30.0)},
+                         metric="fallback_rate", control="control", shares=HALF)

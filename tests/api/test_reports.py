@@ -518,3 +518,114 @@ def test_report_copy_is_not_written_for_keys_it_cannot_carry(sqlite_url, monkeyp
             assert report["timing_ms"]["source"]["copied_decisions"] == 0
     finally:
         engine.dispose()
+
+
+def test_guardrail_fallback_rate_is_tested_against_control_and_named_in_the_verdicts(database_url, monkeypatch) -> None:
+    """An arm whose policy falls back on a third of its decisions: its fallback rate is significantly higher than
+    control's 10% (one-sided, unit-clustered, Holm), a verdict line says so, the HTML shows it; an arm with
+    control's rate is not flagged. The numbers are those of ``guardrail_checks`` on per-unit counts made in plain Python."""
+    from collections import defaultdict
+
+    from sqlalchemy import select, update
+
+    from analysis.experiments import AnalysisConfig, ArmStats, guardrail_checks
+    from api import experiments
+    from api.dashboard import render_report_page
+    from api.db.engine import make_engine
+    from api.db.models import Decision
+
+    eid, _ = _seed_log(database_url, "sum", messy=False)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as c:
+            c.execute(update(Decision).values(fallback=False))
+            c.execute(update(Decision).where(Decision.arm == "b", Decision.seq % 3 == 0).values(fallback=True))
+            c.execute(update(Decision).where(Decision.arm == "a", Decision.seq % 10 == 0).values(fallback=True))
+            c.execute(update(Decision).where(Decision.arm == "c", Decision.seq % 10 == 1).values(fallback=True))
+            rows = c.execute(select(Decision.unit_key, Decision.arm, Decision.fallback, Decision.deferred,
+                                    Decision.event_id).where(Decision.experiment_id == eid)).all()
+        report = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        # per-unit fallback counts of the shown decisions, the plain way
+        shown = {r.event_id for r in rows if not r.deferred} | {
+            e for e in experiments_activated(engine) if e in {r.event_id for r in rows}}
+        per_unit: dict[str, dict[str, list[int]]] = defaultdict(dict)
+        for r in rows:
+            if r.event_id in shown:
+                y_x = per_unit[r.arm].setdefault(r.unit_key, [0, 0])
+                y_x[0] += int(r.fallback)
+                y_x[1] += 1
+        stats = {arm: ArmStats.from_unit_totals([v[0] for v in units.values()], [v[1] for v in units.values()])
+                 for arm, units in per_unit.items()}
+        tests, verdicts = guardrail_checks(stats, metric="fallback_rate", control="a", shares=dict.fromkeys("abc", 1 / 3),
+                                           config=AnalysisConfig())
+        rows_by_arm = {g["arm"]: g for g in report["guardrails"] if g["name"] == "fallback_rate"}
+        assert set(rows_by_arm) == {"a", "b", "c"} and rows_by_arm["a"]["p_value"] is None  # control: its rate only
+        for test in tests:
+            got = rows_by_arm[test.arm]
+            assert got["value"] == pytest.approx(test.value) and got["control_value"] == pytest.approx(test.control_value)
+            assert got["p_value_adjusted"] == pytest.approx(test.p_value_adjusted) and got["worsened"] == test.worsened
+        assert rows_by_arm["b"]["worsened"] and not rows_by_arm["c"]["worsened"]
+        assert rows_by_arm["b"]["value"] > 0.25 and 0.05 < rows_by_arm["a"]["value"] < 0.15
+        assert not any(g["breached"] for g in report["guardrails"])  # no limit configured
+        line = next(v for v in report["verdicts"] if v.startswith("guardrail fallback rate worsened in arm b: "))
+        assert line == verdicts[0] and line.endswith("after correction") and len(verdicts) == 1
+        assert report["verdicts"].index(line) == 0  # most important first (no sample ratio mismatch here)
+        html = render_report_page(report, standalone=True)
+        assert "guardrail fallback rate worsened in arm b" in html and "worse than control" in html
+    finally:
+        engine.dispose()
+
+
+def experiments_activated(engine) -> set[str]:
+    from sqlalchemy import select
+
+    from api.db.models import Activation
+
+    with engine.connect() as c:
+        return set(c.execute(select(Activation.event_id)).scalars())
+
+
+def test_offline_section_uses_every_report_decision_or_an_even_sample_and_says_how_many(sqlite_url, monkeypatch) -> None:
+    """The offline section evaluates the report's decisions (shown, of an arm) with the report's rewards: all of
+    them up to the limit, else that many at ranks floor(i * N / limit); the JSON says how many. With uniform
+    logging and a uniform target every weight is 1, so SNIPS is the sample's mean reward."""
+    from sqlalchemy import select
+
+    from api import experiments
+    from api.db.engine import make_engine
+    from api.db.models import Decision
+
+    eid, slot = _seed_log(sqlite_url, "sum", messy=False)
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as c:
+            reference = _reference_data(c, eid, ["a", "b", "c"], slot)
+            seqs = c.execute(select(Decision.seq).where(Decision.experiment_id == eid).order_by(Decision.seq)).scalars().all()
+        shown_seqs = [s for s, keep in zip(seqs, _kept_rows(engine, eid), strict=True) if keep]
+        n = len(shown_seqs)
+        assert n == reference.arm.size > 300
+        for limit, expected_rows in ((10_000, list(range(n))), (100, [i * n // 100 for i in range(100)])):
+            monkeypatch.setattr(experiments, "OFFLINE_SAMPLE_EVENTS", limit)
+            report = experiments.build_report(engine, eid, bucket="day", offline=True, cache=False)
+            offline = report["offline"]
+            assert offline["available"] and offline["events"] == len(expected_rows)
+            assert offline["sample"]["report_decisions"] == n == report["summary"]["decisions"]
+            assert offline["sample"]["rule"] == ("every decision" if limit > n else f"every {n / 100:.3g}th decision in log order")
+            mean = float(reference.reward[expected_rows].mean())
+            for estimate in offline["estimates"]:
+                assert estimate["snips"]["value"] == pytest.approx(mean, abs=1e-12)
+    finally:
+        engine.dispose()
+
+
+def _kept_rows(engine, eid: int) -> list[bool]:
+    """Per decision of the experiment in seq order: the report counts it (shown, of an arm)."""
+    from sqlalchemy import select
+
+    from api.db.models import Decision
+
+    activated = experiments_activated(engine)
+    with engine.connect() as c:
+        rows = c.execute(select(Decision.event_id, Decision.deferred, Decision.arm).where(Decision.experiment_id == eid)
+                         .order_by(Decision.seq)).all()
+    return [(not r.deferred or r.event_id in activated) and r.arm in ("a", "b", "c") for r in rows]
