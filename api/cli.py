@@ -58,10 +58,19 @@ def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
         # Worker processes build their app from the environment: hand the settings over there.
         import os
 
+        import shutil
+        import tempfile
+
         os.environ["SLOTBANDIT_DATABASE_URL"] = settings.database_url
         os.environ["SLOTBANDIT_EMBEDDED_LEARNER"] = "1" if settings.embedded_learner else "0"
-        uvicorn.run("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
-                    log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
+        # /metrics sums over the workers (api.metrics); a fresh folder per run, no stale counts
+        metrics_dir = tempfile.mkdtemp(prefix="slotbandit-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            uvicorn.run("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                        log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,

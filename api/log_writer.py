@@ -11,6 +11,18 @@ still finds its event.
 Each row's outcome is ``True`` (inserted) or ``False`` (a duplicate of an
 idempotency key: event id, (event, reward id), activated event); any other
 database error is raised to the waiting request.
+
+Two ways to commit. The writer thread serves every database. On a SQLite file
+in WAL mode with ``synchronous=NORMAL`` a commit is a few appends to the WAL
+and no fsync (0.15 ms for one decision, 0.7 ms for twenty), cheaper than
+handing a batch to a thread and back: the thread needs the GIL from the busy
+event loop for every row, which held each response for milliseconds. There,
+``commit_in_loop`` commits on the event loop itself, once per loop iteration,
+everything the handlers of that iteration appended. That path waits at most
+2 ms for the file's write lock (a second worker commits within one): when
+another writer holds it longer (the learner) or anything fails, the batch goes
+to the thread, which waits, retries duplicates row by
+row and reports errors, as before.
 """
 
 from __future__ import annotations
@@ -24,9 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Engine, Table, insert
+from sqlalchemy import Connection, Engine, Table, insert
 from sqlalchemy.exc import IntegrityError
 
+from api.db.engine import try_write_lock, write_lock
 from api.db.models import Activation, Decision, Reward
 
 __all__ = ["LogWriter"]
@@ -63,8 +76,11 @@ def _settle(items: list[_Item]) -> None:
 
 class LogWriter:
     def __init__(self, engine: Engine, *, gather_ms: float = 0.0, max_batch: int = 500,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int, str], None] | None = None, commit_in_loop: bool = False) -> None:
         self._engine = engine
+        self._commit_in_loop = commit_in_loop
+        self._loop_batch: list[_Item] = []
+        self._loop_connection: Connection | None = None
         self._gather_s = gather_ms / 1000.0
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -90,8 +106,21 @@ class LogWriter:
 
     async def append(self, kind: Kind, row: dict[str, Any]) -> bool:
         """Append ``row`` and wait for its commit: True if inserted, False if a duplicate."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(kind, row, future=future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        item = _Item(kind, row, future=future)
+        if self._commit_in_loop:
+            if self._stopped:
+                raise RuntimeError("the log writer is stopped")
+            if kind == "decision":
+                with self._lock:
+                    self._pending[row["event_id"]] = row
+            self._loop_batch.append(item)
+            if len(self._loop_batch) == 1:
+                # after the handlers already scheduled in this iteration: they join the batch
+                loop.call_soon(self._flush_in_loop)
+        else:
+            self._enqueue(item)
         return await future
 
     async def write(self, row: dict[str, Any]) -> None:
@@ -113,8 +142,43 @@ class LogWriter:
         if self._stopped:
             return
         self._stopped = True
+        # appends whose loop flush never ran (their loop stopped first) go to the thread
+        for item in self._loop_batch:
+            self._queue.put(item)
+        self._loop_batch = []
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._loop_connection is not None:
+            self._loop_connection.close()
+
+    # -- commits on the event loop (SQLite, WAL, synchronous=NORMAL) ------------------
+
+    def _flush_in_loop(self) -> None:
+        batch, self._loop_batch = self._loop_batch, []
+        if not batch:
+            return
+        # Another worker's commit is over within a millisecond; anything longer (the learner
+        # writing a snapshot) is waited out by the thread, not the loop.
+        with try_write_lock(self._engine, wait_s=0.002) as held:
+            if held:
+                try:
+                    if self._loop_connection is None:
+                        self._loop_connection = self._engine.connect()
+                        # fail at once instead of sleeping in SQLite's busy handler on the loop
+                        self._loop_connection.exec_driver_sql("PRAGMA busy_timeout=0")
+                        self._loop_connection.commit()
+                    with self._loop_connection.begin():
+                        self._insert_rows(self._loop_connection, batch)
+                except Exception:  # noqa: BLE001 - rolled back; the thread retries and reports
+                    held = False
+        if not held:
+            for item in batch:
+                self._queue.put(item)
+            return
+        self._finish(batch, "loop")
+        for item in batch:
+            item.outcome = True
+        _settle(batch)
 
     # -- writer thread ---------------------------------------------------------------
 
@@ -159,12 +223,7 @@ class LogWriter:
                 log.exception("log commit failed")
                 for item in rows:
                     item.outcome = error
-            if self._on_batch is not None:
-                self._on_batch(len(rows))
-        with self._lock:
-            for item in rows:
-                if item.kind == "decision":
-                    self._pending.pop(item.row["event_id"], None)
+        self._finish(rows, "thread")
         # One wake-up of each event loop per batch, not one per row.
         by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
@@ -178,13 +237,25 @@ class LogWriter:
             except RuntimeError:  # that loop has closed: nobody is waiting any more
                 pass
 
+    def _finish(self, rows: list[_Item], path: str) -> None:
+        if rows and self._on_batch is not None:
+            self._on_batch(len(rows), path)
+        with self._lock:
+            for item in rows:
+                if item.kind == "decision":
+                    self._pending.pop(item.row["event_id"], None)
+
     def _insert_all(self, items: list[_Item]) -> None:
+        with write_lock(self._engine), self._engine.begin() as connection:
+            self._insert_rows(connection, items)
+
+    @staticmethod
+    def _insert_rows(connection: Connection, items: list[_Item]) -> None:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_kind.setdefault(item.kind, []).append(item.row)
-        with self._engine.begin() as connection:
-            # decisions first: a reward in the same batch may belong to one of them
-            for kind in ("decision", "activation", "reward"):
-                if kind in by_kind:
-                    connection.execute(insert(_TABLES[kind]), by_kind[kind])
+        # decisions first: a reward in the same batch may belong to one of them
+        for kind in ("decision", "activation", "reward"):
+            if kind in by_kind:
+                connection.execute(insert(_TABLES[kind]), by_kind[kind])
 

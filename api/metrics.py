@@ -1,10 +1,23 @@
-"""Prometheus metrics of one worker (``/metrics``)."""
+"""Prometheus metrics (``/metrics``).
+
+One worker keeps them in memory. ``slotbandit serve --workers N`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: each then writes its
+values to files there and ``/metrics``, whichever worker answers, reports the
+sum over all of them (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["Metrics", "multiprocess"]
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class Metrics:
@@ -26,4 +39,17 @@ class Metrics:
             "slotbandit_log_batch_size", "Decisions per group commit",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=self.registry,
         )
-        self.model_version = Gauge("slotbandit_model_version", "Serving model version", ["policy"], registry=self.registry)
+        self.log_commits = Counter(
+            "slotbandit_log_commits", "Group commits of the log by path: on the event loop or in the writer thread",
+            ["path"], registry=self.registry,
+        )
+        self.model_version = Gauge("slotbandit_model_version", "Serving model version", ["policy"], registry=self.registry,
+                                   multiprocess_mode="max")
+
+    def exposition(self) -> bytes:
+        """The text format of every metric, summed over the workers in multiprocess mode."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

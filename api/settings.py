@@ -54,11 +54,19 @@ class ServiceSettings:
     group_commit_ms: float = 0.0
     """Extra time the log writer waits to gather rows into one transaction. 0: it commits whatever
     queued up while the previous commit ran (batches grow with load, latency stays low)."""
+    fast_decide: bool = True
+    """Serve decide calls without an ``Origin`` header straight from ASGI, ahead of Litestar's
+    router (same contract; see ``api.decide_endpoint``)."""
+    commit_in_loop: bool = True
+    """On a SQLite file with ``synchronous=NORMAL``: commit the log on the event loop, once per
+    loop iteration, instead of in the writer thread (see ``api.log_writer``). Ignored elsewhere."""
     switch_interval_ms: float = 0.5
     """Python's thread switch interval in the server (default 5 ms): lets the log writer thread
     take the GIL promptly from a busy event loop, so commits and responses are not held up."""
     reload_interval_s: float = 1.0
     """How often a worker polls for changed slots, policies and new model snapshots."""
+    checkpoint_interval_s: float = 1.0
+    """How often a worker copies the SQLite write-ahead log into the database (off the request path)."""
     embedded_learner: bool = True
     """Run the learner inside the server process (one-process set-up)."""
     auto_migrate: bool = True
@@ -79,6 +87,8 @@ class ServiceSettings:
             raise SettingsError("switch_interval_ms must be within [0.05, 100]")
         if not 0.05 <= self.reload_interval_s <= 3600:
             raise SettingsError("reload_interval_s must be within [0.05, 3600]")
+        if not 0.05 <= self.checkpoint_interval_s <= 3600:
+            raise SettingsError("checkpoint_interval_s must be within [0.05, 3600]")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServiceSettings:

@@ -23,7 +23,8 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(self, database_url: str, workdir: Path, *, port: int | None = None, learner: bool = False,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.workers = workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
@@ -38,8 +39,12 @@ class LiveServer:
         args = [str(BIN), "serve", "--port", str(self.port)]
         if not self.learner:
             args.append("--no-learner")
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
         self.log = open(self.workdir / f"server-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(args, env=self.env, cwd=self.workdir, stdout=self.log, stderr=self.log)
+        # its own process group: a kill takes the worker processes down with the supervisor
+        self.process = subprocess.Popen(args, env=self.env, cwd=self.workdir, stdout=self.log, stderr=self.log,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -55,7 +60,7 @@ class LiveServer:
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, no flush."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
 
     def stop(self) -> None:

@@ -39,11 +39,17 @@ async def _traffic(url: str, key: str, acknowledged: dict[str, float], rewarded:
         await asyncio.gather(*(worker(client, n) for n in range(8)))
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_sigkill_loses_no_acknowledged_decision_or_reward(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("backend", "workers"), [
+    ("sqlite", 1),
+    # two processes sharing one SQLite file: commits on each event loop, serialised by the file lock
+    ("sqlite", 2),
+    pytest.param("postgres", 1, marks=pytest.mark.postgres),
+])
+def test_sigkill_loses_no_acknowledged_decision_or_reward(backend: str, workers: int, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
     admin_key, decide_key = create_keys(url)
-    server = LiveServer(url, tmp_path).start()
+    server = LiveServer(url, tmp_path, workers=workers).start()
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
             assert admin.put("/v1/slots/crash.slot", json={"default_block": "a"}).status_code == 201
