@@ -6,17 +6,19 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import Engine, select
 
 from api.db.models import ApiKey
+from api.errors import ApiError
 
-__all__ = ["KeyStore", "create_key", "hash_key", "require_admin", "require_decide"]
+__all__ = ["ADMIN_COOKIE", "KeyStore", "authorize", "create_key", "hash_key", "presented_key", "require_admin", "require_decide"]
 
 SCOPES = ("decide", "admin")
+ADMIN_COOKIE = "slotbandit_admin"
 
 
 def hash_key(key: str) -> str:
@@ -61,34 +63,36 @@ class KeyStore:
         return scope
 
 
-def _presented_key(connection: ASGIConnection) -> str | None:  # type: ignore[type-arg]
-    header = connection.headers.get("authorization")
+def presented_key(headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``, or the admin cookie."""
+    header = headers.get("authorization")
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
-    key = connection.headers.get("x-api-key")
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    cookie = connection.cookies.get("slotbandit_admin")
-    return cookie or None
+    return cookies.get(ADMIN_COOKIE) or None
 
 
-def _check(connection: ASGIConnection, allowed: tuple[str, ...]) -> None:  # type: ignore[type-arg]
-    key = _presented_key(connection)
+def authorize(store: KeyStore, key: str | None, allowed: tuple[str, ...]) -> None:
+    """Raise a 401 (no or unknown key) or 403 (a scope not in ``allowed``)."""
     if not key:
-        raise NotAuthorizedException("missing API key (Authorization: Bearer <key>)")
-    store: KeyStore = connection.app.state.key_store
+        raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer <key>)")
     scope = store.scope_of(key)
     if scope is None:
-        raise NotAuthorizedException("unknown or revoked API key")
+        raise ApiError(401, "unauthorized", "unknown or revoked API key")
     if scope not in allowed:
-        raise PermissionDeniedException(f"this key's scope '{scope}' may not do this")
+        raise ApiError(403, "forbidden", f"this key's scope '{scope}' may not do this")
+
+
+DECIDE_SCOPES = ("decide", "admin")
 
 
 # Async on purpose: Litestar runs sync guards in a worker thread, a thread hop per request.
 # A cache miss does one indexed lookup; keys are few and cached for ttl_s.
 async def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
-    _check(connection, ("decide", "admin"))
+    authorize(connection.app.state.key_store, presented_key(connection.headers, connection.cookies), DECIDE_SCOPES)
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
-    _check(connection, ("admin",))
+    authorize(connection.app.state.key_store, presented_key(connection.headers, connection.cookies), ("admin",))

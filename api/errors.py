@@ -15,7 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from bandits.errors import BanditError
 
-__all__ = ["ApiError", "exception_handlers"]
+__all__ = ["ApiError", "error_body", "exception_handlers"]
 
 log = logging.getLogger("slotbandit.api")
 
@@ -29,16 +29,24 @@ class ApiError(Exception):
         self.field = field
 
 
-def _body(code: str, detail: str, field: str | None) -> dict[str, object]:
+def error_body(code: str, detail: str, field: str | None) -> dict[str, object]:
     return {"error": code, "field": field, "detail": detail}
 
 
-def _api_error(_: Request, exc: ApiError) -> Response:  # type: ignore[type-arg]
-    return Response(_body(exc.code, exc.detail, exc.field), status_code=exc.status)
+def _rejected(request: Request, code: str) -> None:  # type: ignore[type-arg]
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejected.labels(code).inc()
 
 
-def _bandit_error(_: Request, exc: BanditError) -> Response:  # type: ignore[type-arg]
-    return Response(_body("invalid_request", exc.message, exc.field), status_code=422)
+def _api_error(request: Request, exc: ApiError) -> Response:  # type: ignore[type-arg]
+    _rejected(request, exc.code)
+    return Response(error_body(exc.code, exc.detail, exc.field), status_code=exc.status)
+
+
+def _bandit_error(request: Request, exc: BanditError) -> Response:  # type: ignore[type-arg]
+    _rejected(request, "invalid_request")
+    return Response(error_body("invalid_request", exc.message, exc.field), status_code=422)
 
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
@@ -52,23 +60,26 @@ def msgspec_field(error: msgspec.ValidationError | msgspec.DecodeError) -> str |
     return re.sub(r"\[(\d+)\]", r".\1", match.group(1)) or None
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:  # type: ignore[type-arg]
+def _http_error(request: Request, exc: HTTPException) -> Response:  # type: ignore[type-arg]
     if isinstance(exc, ValidationException):
         field = None
         extra = exc.extra
         if isinstance(extra, list) and extra and isinstance(extra[0], dict):
             key = extra[0].get("key")
             field = str(key) if key else None
-        return Response(_body("invalid_request", exc.detail, field), status_code=400)
+        _rejected(request, "invalid_request")
+        return Response(error_body("invalid_request", exc.detail, field), status_code=400)
     code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
         exc.status_code, "http_error"
     )
-    return Response(_body(code, exc.detail, None), status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code < 500:
+        _rejected(request, code)
+    return Response(error_body(code, exc.detail, None), status_code=exc.status_code, headers=exc.headers)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:  # type: ignore[type-arg]
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(_body("internal_error", "internal error", None), status_code=500)
+    return Response(error_body("internal_error", "internal error", None), status_code=500)
 
 
 exception_handlers = {

@@ -16,6 +16,21 @@ IPHONE = (
 )
 
 
+@pytest.fixture(params=["asgi", "litestar"])
+def service(request: pytest.FixtureRequest, database_url: str, tmp_path):
+    """The app with decide served by the ASGI fast path or by the Litestar route: every test of
+    this module holds for both (``api.decide_endpoint``)."""
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+    from tests.conftest import Service, create_keys, make_service_settings
+
+    admin_key, decide_key = create_keys(database_url)
+    settings = make_service_settings(database_url, tmp_path, fast_decide=request.param == "asgi")
+    with TestClient(app=create_app(settings)) as client:  # type: ignore[arg-type]
+        yield Service(client, admin_key, decide_key, settings, database_url)
+
+
 def seed_slot(service, slot: str = "home.hero", blocks: int = 5, **settings) -> None:
     c = service.client
     body = {"default_block": "b0", "timezone": "Europe/Berlin", "reward_range": [0, 1], **settings}
@@ -298,3 +313,41 @@ def test_rules_and_fixed_policies_are_checked_against_the_catalog(service) -> No
     assert r.status_code == 200
     for _ in range(5):
         assert c.post("/v1/slots/home.hero/decide", json={}, headers=service.decider).json()["block"]["id"] == "b2"
+
+
+def test_the_fast_path_serves_server_calls_and_litestar_serves_browsers(service, monkeypatch) -> None:
+    import api.app
+
+    seed_slot(service)
+    served = []
+    real = api.app.fast_decide
+
+    async def spy(*args, **kwargs):
+        served.append(args[-1])
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(api.app, "fast_decide", spy)
+    c = service.client
+    plain = c.post("/v1/slots/home.hero/decide", json={"event_id": "e-plain"}, headers=service.decider)
+    browser = c.post("/v1/slots/home.hero/decide", json={"event_id": "e-browser"},
+                     headers={**service.decider, "Origin": "https://shop.example"})
+    assert plain.status_code == browser.status_code == 200
+    assert served == (["home.hero"] if service.settings.fast_decide else [])
+    assert plain.headers["content-type"].startswith("application/json")
+    # one contract: the same fields and the same error body either way
+    assert plain.json().keys() == browser.json().keys()
+    bad = c.post("/v1/slots/home.hero/decide", json={"consent": "yes"}, headers=service.decider)
+    assert bad.status_code == 400 and bad.json()["field"] == "consent" and set(bad.json()) == {"error", "field", "detail"}
+    unknown = c.post("/v1/slots/nope/decide", json={}, headers=service.decider)
+    assert unknown.status_code == 404 and unknown.json()["field"] == "slot"
+    assert 'slotbandit_rejected_requests_total{code="unknown_slot"} 1.0' in c.get("/metrics").text
+
+
+def test_an_admin_cookie_may_decide_on_both_paths(service) -> None:
+    seed_slot(service)
+    c = service.client
+    c.cookies.set("slotbandit_admin", service.admin_key)
+    assert c.post("/v1/slots/home.hero/decide", json={}).status_code == 200
+    c.cookies.set("slotbandit_admin", "wrong")
+    r = c.post("/v1/slots/home.hero/decide", json={})
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
