@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import func, insert, select  # noqa: E402
 
 from api.auth import create_key  # noqa: E402
-from api.client import Client  # noqa: E402
+from api.client import Client, ClientError  # noqa: E402
 from api.db.engine import make_engine, migrate  # noqa: E402
 from api.db.models import Decision, Snapshot  # noqa: E402
 from bandits.context import RequestFacts, derive_context  # noqa: E402
@@ -130,7 +130,10 @@ def lua_script(path: Path, bodies: list[str], agents: list[str], key: str, pace_
         + f"  local headers = {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {key}', ['User-Agent'] = agents[n]}}\n"
         + f"  return wrk.format('POST', '/v1/slots/{SLOT}/decide', headers, bodies[n])\n"
         + "end\n"
-        + (f"delay = function() return {pace_ms} end\n" if pace_ms > 0 else "")
+        # Exponential think times: the connections do not fall into lock-step bursts, so the
+        # arrivals approach the Poisson stream of many independent browsers.
+        + (f"delay = function() return math.floor(-math.log(1 - math.random()) * {pace_ms}) end\n"
+           if pace_ms > 0 else "")
         + "done = function(summary, latency, requests)\n"
         + "  io.write(string.format('RESULT %d %d %d %d %.1f %.1f %.1f %.1f\\n', summary.requests, summary.errors.status,"
         + " summary.errors.connect + summary.errors.read + summary.errors.write, summary.errors.timeout, "
@@ -152,6 +155,26 @@ def run_wrk(url: str, script: Path, threads: int, connections: int, seconds: int
             "timeouts": timeouts, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": pmax}
 
 
+def handler_buckets(base: str) -> dict[float, int]:
+    """Cumulative counts of the server's own decide latency histogram (one worker's view)."""
+    import httpx
+
+    text = httpx.get(base + "/metrics").text
+    counts = {}
+    for match in re.finditer(r'slotbandit_decide_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', text):
+        counts[float(match.group(1))] = int(float(match.group(2)))
+    return counts
+
+
+def commit_paths(base: str) -> str:
+    """How one worker's group commits went: on the event loop or through the writer thread."""
+    import httpx
+
+    text = httpx.get(base + "/metrics").text
+    paths = re.findall(r'slotbandit_log_commits_total\{path="(\w+)"\} ([\d.e+]+)', text)
+    return ", ".join(f"{path} {int(float(n))}" for path, n in paths) or "none"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", type=int, default=20)
@@ -159,6 +182,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced rate for the latency run")
     parser.add_argument("--profile", action="store_true", help="py-spy the server during the throughput run")
+    parser.add_argument("--profile-out", default="decide-profile.txt", help="where --profile keeps the raw samples")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -197,8 +221,15 @@ def main() -> int:
             connection.execute(insert(Snapshot).values(policy_name=SLOT, version=1, model=model, cursor=0, metrics={}))
         deadline = time.monotonic() + 10
         with Client(base, decide_key) as client:
-            # every worker must serve the snapshot: ask until a run of answers all say version 1
-            while any(client.decide(SLOT)["model_version"] != 1 for _ in range(20)):
+            # every worker must know the slot and serve the snapshot: ask until a run of answers
+            # all say version 1 (a worker that has not reloaded yet answers 404 or version 0)
+            def served_version() -> int:
+                try:
+                    return int(client.decide(SLOT)["model_version"])
+                except ClientError:
+                    return -1
+
+            while any(served_version() != 1 for _ in range(20)):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the server did not load the snapshot")
                 time.sleep(0.2)
@@ -220,7 +251,7 @@ def main() -> int:
 
         # wrk is closed-loop: each connection waits `pace` ms after each response. Calibrate the
         # think time on short runs so the achieved rate lands near --rate.
-        connections = 16
+        connections = 64
         pace = connections * 1000.0 / args.rate
         paced_script = workdir / "paced.lua"
         for _ in range(3):
@@ -228,8 +259,11 @@ def main() -> int:
             trial = run_wrk(base, paced_script, 1, connections, 2)
             pace = max(pace * trial["rate"] / args.rate, 0.1)
         lua_script(paced_script, bodies, agents, decide_key, pace)
+        buckets_before = handler_buckets(base)
         paced = run_wrk(base, paced_script, 1, connections, args.seconds)
+        paced_handler = {le: n - buckets_before.get(le, 0) for le, n in handler_buckets(base).items()}
 
+        commits = commit_paths(base)
         single = run_wrk(base, script, 1, 1, 3)  # one connection: the latency of a lone request
         raw = raw_vw_rates(model, blocks, contexts)
         with engine.connect() as connection:
@@ -249,6 +283,12 @@ def main() -> int:
           f"p50 {throughput['p50_ms']:.2f} ms  p99 {throughput['p99_ms']:.2f} ms  non-2xx {throughput['non_2xx']}")
     print(f"  paced (~{args.rate:.0f}/s target):            {paced['rate']:8.0f} decisions/s   "
           f"p50 {paced['p50_ms']:.2f} ms  p90 {paced['p90_ms']:.2f} ms  p99 {paced['p99_ms']:.2f} ms  max {paced['max_ms']:.1f} ms")
+    total = max(paced_handler.values(), default=0)
+    if total:
+        shares = "  ".join(f"<={le * 1000:g}ms {100 * n / total:.1f}%" for le, n in sorted(paced_handler.items())
+                           if le <= 0.05)
+        print(f"    server-side decide handler time in the paced run (one worker's view): {shares}")
+    print(f"    group commits so far (one worker's view): {commits}")
     print(f"  one connection (sequential):        {single['rate']:8.0f} decisions/s   "
           f"p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms")
     for name, rate in raw.items():
@@ -279,6 +319,9 @@ def main() -> int:
         for name, count in hits.items():
             print(f"    {100 * count / whole:5.1f}%  {name}")
     del logged
+    if args.profile:
+        shutil.copy(workdir / "profile.txt", args.profile_out)
+        print(f"  raw py-spy samples (collapsed stacks): {args.profile_out}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
