@@ -33,12 +33,13 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from sqlalchemy import func, select
 
+from api.auth import ADMIN_COOKIE
 from api.db.models import Activation, Decision, Reward
 
 __all__ = ["ROUTES", "forest_plot", "render_report_page", "series_chart"]
 
 HERE = Path(__file__).resolve().parent
-COOKIE = "slotbandit_admin"
+COOKIE = ADMIN_COOKIE
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 _env = jinja2.Environment(
