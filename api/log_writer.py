@@ -171,6 +171,9 @@ class LogWriter:
                         self._insert_rows(self._loop_connection, batch)
                 except Exception:  # noqa: BLE001 - rolled back; the thread retries and reports
                     held = False
+                    if self._loop_connection is not None and self._loop_connection.invalidated:
+                        self._loop_connection.close()
+                        self._loop_connection = None
         if not held:
             for item in batch:
                 self._queue.put(item)

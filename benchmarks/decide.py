@@ -189,6 +189,7 @@ def main() -> int:
         print("needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="sb-bench-"))
     url = f"sqlite:///{workdir / 'bench.db'}"
     migrate(url)
@@ -279,6 +280,8 @@ def main() -> int:
 
     print(f"decide benchmark: {args.workers} worker(s), {args.candidates} candidates, SQLite log (WAL, synchronous={SQLITE_SYNCHRONOUS}, "
           "group commit before each response)")
+    print(f"  load average (1 min) before the run {load_before:.2f}, after {os.getloadavg()[0]:.2f} "
+          f"(the run itself adds about 1.5; more means another job shared the {os.cpu_count()} cores)")
     print(f"  throughput ({args.connections} connections): {throughput['rate']:8.0f} decisions/s   "
           f"p50 {throughput['p50_ms']:.2f} ms  p99 {throughput['p99_ms']:.2f} ms  non-2xx {throughput['non_2xx']}")
     print(f"  paced (~{args.rate:.0f}/s target):            {paced['rate']:8.0f} decisions/s   "
