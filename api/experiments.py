@@ -74,7 +74,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -100,6 +100,7 @@ from analysis.experiments import (
 )
 from api import schemas
 from api.auth import require_admin
+from api.db.engine import write_lock
 from api.db.experiment_models import Experiment, ExperimentArm, ReportChunk
 from api.db.models import CatalogVersion, Decision, Policy, Reward, Slot, Snapshot, utcnow
 from api.decide import ArmAssignment, event_token
@@ -655,18 +656,17 @@ def _split(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, np.ndarray
         if int(lengths.min()) < prefix:
             raise _Unsplittable
         lengths = np.full(n, prefix, dtype=np.int64)
-        matrix = np.zeros((n, -(-prefix // 8) * 8), dtype=np.uint8)
-        for j in range(prefix):
-            matrix[:, j] = buf[starts + j]
-        return matrix, starts, lengths
     longest = int(lengths.max())
-    matrix = np.zeros((n, max(8, -(-longest // 8) * 8)), dtype=np.uint8)
-    if longest and int(lengths.min()) == longest:  # fixed width: a strided view, no gather
+    width = max(8, -(-longest // 8) * 8)
+    if longest and int(lengths.min()) == longest and not prefix:  # fixed width: a strided view, no gather
+        matrix = np.zeros((n, width), dtype=np.uint8)
         matrix[:, :longest] = np.lib.stride_tricks.as_strided(buf, shape=(n, longest), strides=(longest + 1, 1))
-    else:
-        for j in range(longest):
-            rows = np.flatnonzero(lengths > j)
-            matrix[rows, j] = buf[starts[rows] + j]
+        return matrix, starts, lengths
+    # one gather of ``width`` bytes from every start (a sliding window over the zero-padded blob), then
+    # the bytes past each value cleared
+    padded = np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
+    matrix = np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
+    matrix *= np.arange(width, dtype=np.int64) < lengths[:, None]
     return matrix, starts, lengths
 
 
@@ -726,8 +726,8 @@ def _string_codes(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, tup
     words = matrix.view("<u8")
     if words.shape[1] == 1:  # at most 8 bytes, no NUL: the padded bytes are the value
         codes, first = _few_first_seen(words[:, 0])
-    else:
-        codes, first = _first_seen(_hash_rows(words, lengths))
+    else:  # a hash of the words, whose collisions the check below rules out
+        codes, first = _few_first_seen(_hash_rows(words, lengths))
         _check_groups(words, lengths, codes, first)
     return codes, tuple(_label(blob, starts, lengths, int(r)) for r in first)
 
@@ -1253,19 +1253,22 @@ def _load_copy(connection: Connection, experiment_id: int, fingerprint: str) -> 
 
 
 def _drop_copy(engine: Engine, experiment_id: int) -> None:
-    with engine.begin() as connection:
+    with write_lock(engine), engine.begin() as connection:
         connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
 
 
 def _copy_target(connection: Connection, experiment_id: int, top: int, after: _Cursor, counts: _Counts,
-                 pending: int) -> tuple[_Cursor, _Counts] | None:
+                 pending: int | None) -> tuple[_Cursor, _Counts] | None:
     """How far the copy may reach now, with the rows below that cursor counted before they are read.
 
     SQLite commits one writer at a time and hands out ids and rowids in commit order, so everything
-    up to the largest seq, reward id and activation rowid is already visible. PostgreSQL hands out
-    ids at insert time and commits in any order, so only rows older than :data:`REPORT_COPY_MARGIN_S`
-    are copied; a row below a cursor that commits later anyway changes a count, and the next report
-    rebuilds the copy (it is never silently wrong).
+    up to the largest seq, reward id and activation rowid is already visible and no row below them
+    can appear later: the experiment's decisions up to the cursor are counted as they are read
+    (``pending`` None; the count is -1 here). PostgreSQL hands out ids at insert time and commits in
+    any order, so only rows older than :data:`REPORT_COPY_MARGIN_S` are copied, and they are counted
+    first (``pending``: the decisions after ``after.seq`` up to ``top``, counted just before); a row
+    below a cursor that commits later anyway changes a count, and the next report rebuilds the copy
+    (it is never silently wrong).
     """
     seq: int | None
     if connection.dialect.name == "sqlite":
@@ -1284,9 +1287,11 @@ def _copy_target(connection: Connection, experiment_id: int, top: int, after: _C
     if seq is None or seq <= after.seq:
         return None
     cursor = _Cursor(int(seq), max(int(reward) if reward is not None else _BEFORE_ALL, after.reward), activation)
-    # ``pending``: the decisions after ``after.seq`` up to ``top``, counted just before
-    decisions = counts.decisions + (pending if cursor.seq == top else
-                                    _count_decisions(connection, experiment_id, after.seq, cursor.seq))
+    if pending is None:
+        decisions = -1
+    else:
+        decisions = counts.decisions + (pending if cursor.seq == top else
+                                        _count_decisions(connection, experiment_id, after.seq, cursor.seq))
     return cursor, _counts_at(connection, experiment_id, cursor, decisions)
 
 
@@ -1332,8 +1337,8 @@ def _save_copy(engine: Engine, experiment_id: int, fingerprint: str, columns: _C
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     chunk = 0 if stored is None else stored.last_position + 1
-    try:
-        with engine.begin() as connection:
+    try:  # the file's write lock, as the log writer takes it (SQLite's busy handler would sleep instead)
+        with write_lock(engine), engine.begin() as connection:
             if full:
                 connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
             connection.execute(insert(ReportChunk).values(
@@ -1380,12 +1385,15 @@ def _experiment_columns(connection: Connection, experiment_id: int, arms: Sequen
             stored, source["copy_dropped"] = None, True
     base = stored.columns if stored is not None else _Columns.empty()
     after = stored.cursor if stored is not None else _Cursor()
+    counts = stored.counts if stored is not None else _Counts(0, 0, 0)
+    threshold = max(REPORT_COPY_MIN_DECISIONS, REPORT_COPY_GROWTH * base.seq.size)
     target = None
-    if use_copy:
+    if use_copy and connection.dialect.name == "sqlite":  # how many to copy is known once they are read
+        target = _copy_target(connection, experiment_id, top, after, counts, None)
+    elif use_copy:
         pending = _count_decisions(connection, experiment_id, after.seq, top)
-        if pending >= max(REPORT_COPY_MIN_DECISIONS, REPORT_COPY_GROWTH * base.seq.size):
-            target = _copy_target(connection, experiment_id, top, after,
-                                  stored.counts if stored is not None else _Counts(0, 0, 0), pending)
+        if pending >= threshold:
+            target = _copy_target(connection, experiment_id, top, after, counts, pending)
     tail, activated = _read_rows(connection, experiment_id, arms, slot, after, low, top)
     try:
         columns = _extend(base, tail, activated)
@@ -1395,6 +1403,10 @@ def _experiment_columns(connection: Connection, experiment_id: int, arms: Sequen
         columns = _extend(base, tail, activated)
     source.update(copied_decisions=int(base.seq.size), read_decisions=int(tail.seq.size),
                   copy_chunks=stored.chunks if stored is not None else 0)
+    if target is not None and target[1].decisions < 0:  # SQLite: the decisions up to the cursor, as read
+        end = int(np.searchsorted(columns.seq, target[0].seq, side="right"))
+        target = (target[0], dataclasses.replace(target[1], decisions=end)) if end - base.seq.size >= threshold \
+            else None
     if target is not None and columns.hashed:
         source["copy_written"] = _save_copy(connection.engine, experiment_id, fingerprint, columns, stored, tail,
                                             activated, target)
@@ -1402,12 +1414,12 @@ def _experiment_columns(connection: Connection, experiment_id: int, arms: Sequen
 
 
 def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int,
-                by_unit: np.ndarray | None = None) -> list[ArmStats]:
+                by_unit: Callable[[], np.ndarray] | None = None) -> list[ArmStats]:
     """Per-unit sufficient statistics per group: ``ArmStats`` of each group code in [0, n_groups).
 
     Each (group, unit) pair is one unit of that group with ``Y`` = its reward total
     and ``X`` = its decision count (the unit-level aggregation of ``analysis.experiments``).
-    ``by_unit``: ``argsort(unit, kind="stable")``, shared by the calls of one report.
+    ``by_unit``: gives ``argsort(unit, kind="stable")``, shared by the calls of one report.
 
     Pairs are visited in (group, unit) order and each pair's rewards summed in row order,
     whichever way they are found, so the floating-point sums do not depend on the way.
@@ -1423,7 +1435,8 @@ def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_group
         x = count[pairs].astype(np.float64)
         owner = pairs // (int(unit.max()) + 1)
     elif by_unit is not None and n_groups < (1 << 15):  # a stable radix sort by group of the unit order
-        rows = by_unit[np.argsort(group[by_unit].astype(np.int16), kind="stable")]
+        order = by_unit()
+        rows = order[np.argsort(group[order].astype(np.int16), kind="stable")]
         ordered = key[rows]
         new = np.empty(ordered.size, dtype=bool)
         new[0] = True
@@ -1438,6 +1451,13 @@ def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_group
         x = np.bincount(inverse).astype(np.float64)
         owner = pairs // (int(unit.max()) + 1)
 
+    return _group_totals(owner, y, x, n_groups)
+
+
+def _group_totals(owner: np.ndarray, y: np.ndarray, x: np.ndarray, n_groups: int) -> list[ArmStats]:
+    """``ArmStats`` per group from per-pair reward totals ``y`` and decision counts ``x`` (pairs in
+    (group, unit) order within each group, so every sum runs in unit order)."""
+
     def total(values: np.ndarray) -> np.ndarray:
         return np.bincount(owner, weights=values, minlength=n_groups)
 
@@ -1445,6 +1465,49 @@ def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_group
     sums = [total(y), total(y * y), total(x), total(x * x), total(x * y)]
     return [ArmStats(int(units[g]), float(sums[0][g]), float(sums[1][g]), int(round(sums[2][g])),
                      float(sums[3][g]), float(sums[4][g])) for g in range(n_groups)]
+
+
+class _ArmUnits:
+    """The (arm, unit) pairs of the report's rows in (arm, unit) order: each pair is one unit of one arm.
+
+    Found once per report; the arm statistics, the fallback guardrail and the time series (a unit in
+    the bucket of its first exposure) are sums over these pairs, and so is a segment breakdown whose
+    segment never changes within a pair (device type and country usually don't; else
+    :func:`_unit_stats` groups the rows again). Every sum runs in the order :func:`_unit_stats` uses.
+    """
+
+    def __init__(self, arm: np.ndarray, unit: np.ndarray, n_arms: int) -> None:
+        n = arm.size
+        width = int(unit.max()) + 1 if n else 1
+        key = arm * width + unit
+        space = n_arms * width
+        if space <= 8 * max(n, 1):  # dense bins: no sort
+            count = np.bincount(key, minlength=space)
+            keys = np.flatnonzero(count)
+            index = np.zeros(space, dtype=np.int64)
+            index[keys] = np.arange(keys.size)
+            self.of_row = index[key]
+            x = count[keys]
+        else:
+            keys, of_row = np.unique(key, return_inverse=True)
+            self.of_row = of_row.reshape(-1)
+            x = np.bincount(self.of_row, minlength=keys.size)
+        self.size = int(keys.size)
+        self.arm = keys // width
+        self.x = x.astype(np.float64)
+        self.first = np.full(self.size, n, dtype=np.int64)
+        np.minimum.at(self.first, self.of_row, np.arange(n))  # each pair's first row
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per pair, the sum of ``values`` over its rows (in row order)."""
+        return np.bincount(self.of_row, weights=values, minlength=self.size)
+
+    def owner(self, codes: np.ndarray, n_arms: int) -> np.ndarray | None:
+        """Per pair, ``code * n_arms + arm`` of a row code constant within every pair; None if it is not."""
+        at_first = codes[self.first]
+        if not np.array_equal(codes, at_first[self.of_row]):
+            return None
+        return at_first * n_arms + self.arm
 
 
 def _by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStats]:
@@ -1484,28 +1547,35 @@ class _OfflineInputs:
 
 
 def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping[str, Any],
-                    policies: Mapping[str, Any] | None, report_seqs: np.ndarray) -> _OfflineInputs | str:
-    """On a connection of its own: the report's decisions (``report_seqs``: shown, of an arm), all of them
-    up to :data:`OFFLINE_SAMPLE_EVENTS` (:data:`OFFLINE_VW_SAMPLE_EVENTS` when an arm is a ``vw``
-    policy), else that many spread evenly over the log (ranks ``floor(i * N / size)`` in seq order),
-    with every arm's current policy's pmf on each. Returns why not as a string when there is nothing
-    to evaluate.
+                    policies: Mapping[str, Any] | None) -> _OfflineInputs | str:
+    """On a connection of its own: the experiment's decisions, all of them up to :data:`OFFLINE_SAMPLE_EVENTS`
+    (:data:`OFFLINE_VW_SAMPLE_EVENTS` when an arm is a ``vw`` policy), else that many spread evenly over
+    the log (the decisions at ranks ``floor(i * N / size)`` in seq order), with every arm's current
+    policy's pmf on each. Returns why not as a string when there is nothing to evaluate. (The
+    section then keeps those the report counts: shown, of an arm.)
 
     Per decision the JSON columns arrive as text and are decoded once per distinct text (candidate
     lists and pmfs repeat; so do many contexts); a policy's pmf is computed once per distinct
     (context, candidate set): the choosers are deterministic given their model.
     """
     size = OFFLINE_VW_SAMPLE_EVENTS if any(a["kind"] == "vw" for a in experiment["arms"]) else OFFLINE_SAMPLE_EVENTS
-    total = int(report_seqs.size)
-    if total < 20:
-        return f"offline estimates need at least 20 shown decisions, have {total}"
-    sample = report_seqs if total <= size else report_seqs[(np.arange(size, dtype=np.int64) * total) // size]
     with engine.connect() as connection:
         raw = connection.connection.driver_connection
+        sqlite = connection.dialect.name == "sqlite"
+        parts = _sql_parts(connection.dialect.name)
+        if sqlite:
+            _map_file(raw)
+        seqs_of = "decisions d INDEXED BY ix_decisions_experiment_seq" if sqlite else "decisions d"
+        agg = parts["agg"].format(value=parts["int"].format(value="d.seq"), sep="','")
+        total, (joined,) = _one_row(raw, f"SELECT count(*), {agg} FROM {seqs_of} WHERE d.experiment_id = "
+                                         f"{parts['ph']}", (experiment["id"],))
+        if total < 20:
+            return f"offline estimates need at least 20 decisions, have {total}"
+        seqs = np.fromstring(joined, dtype=np.int64, sep=",")
+        sample = seqs if total <= size else seqs[(np.arange(size, dtype=np.int64) * total) // size]
         columns = "seq, catalog_version, {0}inline_candidates{1}, {0}candidate_ids{1}, {0}pmf{1}, chosen_index, " \
                   "{0}context{1}"
-        if connection.dialect.name == "sqlite":
-            _map_file(raw)
+        if sqlite:
             rows = _rows(raw, f"SELECT {columns.format('', '')} FROM decisions WHERE seq IN "
                               "(SELECT value FROM json_each(?)) ORDER BY seq", (json.dumps(sample.tolist()),))
         else:
@@ -1581,13 +1651,14 @@ def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping
         pi = table[inverse.reshape(-1)]
         targets[arm["name"]] = pi / pi.sum(1, keepdims=True)
     return _OfflineInputs(np.array([r[0] for r in rows], dtype=np.int64), chosen, logging_pmf, mask, codes,
-                          targets, errors, total)
+                          targets, errors, int(total))
 
 
 def _offline_section(pending: Future[_OfflineInputs | str], data: ExperimentData, experiment: Mapping[str, Any],
                      slot: Mapping[str, Any], control: str) -> dict[str, Any]:
     """Every arm's current policy evaluated on the sampled decisions that the report counts (shown,
-    of an arm), with the report's rewards: SNIPS and DR per arm, DR paired against control."""
+    of an arm), with the report's rewards: SNIPS and DR per arm, DR paired against control. ``events``
+    is how many were evaluated; ``sample`` says of how many and how they were drawn."""
     inputs = pending.result()
     if isinstance(inputs, str):
         return {"available": False, "reason": inputs}
@@ -1598,7 +1669,8 @@ def _offline_section(pending: Future[_OfflineInputs | str], data: ExperimentData
     found[found] = data.seq[position[found]] == inputs.seq[found]
     n = int(found.sum())
     if n < 20:
-        return {"available": False, "reason": f"offline estimates need at least 20 shown decisions, have {n}"}
+        return {"available": False, "reason": f"offline estimates need at least 20 shown decisions in the sample, "
+                                              f"have {n}"}
     reward = data.reward[position[found]]
     logging_pmf = inputs.logging_pmf[found]
     try:
@@ -1633,12 +1705,11 @@ def _offline_section(pending: Future[_OfflineInputs | str], data: ExperimentData
     limit = OFFLINE_VW_SAMPLE_EVENTS if any(a["kind"] == "vw" for a in experiment["arms"]) else OFFLINE_SAMPLE_EVENTS
     return {
         "available": True, "events": n,
-        "sample": {"report_decisions": inputs.total, "evaluated": n, "limit": limit,
+        "sample": {"decisions": inputs.total, "sampled": int(inputs.seq.size), "evaluated": n, "limit": limit,
                    "rule": (f"every {inputs.total / inputs.seq.size:.3g}th decision in log order"
                             if inputs.seq.size < inputs.total else "every decision")},
-        "method": "snips and dr (normal 95% intervals) on the report's decisions (shown, of an arm; a sample "
-                  "spread evenly over the log past the limit) with the report's rewards; each arm's current "
-                  "policy (vw: its latest snapshot)",
+        "method": "snips and dr (normal 95% intervals) on the sampled decisions that the report counts (shown, of "
+                  "an arm), with the report's rewards; each arm's current policy (vw: its latest snapshot)",
         "estimates": out, "paired_dr_vs_control": comparisons,
     }
 
@@ -1765,13 +1836,12 @@ def _report_body(connection: Connection, experiment: Mapping[str, Any], slot: Ma
     from (``ExperimentData.source``)."""
     arms = [a["name"] for a in experiment["arms"]]
     control = experiment["control"]
-    # the offline section (its sample, on a connection of its own, the policies' pmfs, the estimates)
-    # runs beside the statistics
+    # the offline section (its sample, on a connection of its own, and the policies' pmfs) runs beside
+    # the scan, its estimates (they need the scan's rewards) beside the statistics
     with ThreadPoolExecutor(max_workers=1) as pool:
+        inputs = pool.submit(_offline_inputs, connection.engine, experiment, slot, policies) if offline else None
         data = fetch_experiment_data(connection, experiment["id"], arms, slot, bucket)
         fetched = time.perf_counter()
-        inputs = pool.submit(_offline_inputs, connection.engine, experiment, slot, policies, data.seq) \
-            if offline else None
         estimates = (pool.submit(_offline_section, inputs, data, experiment, slot, control)
                      if inputs is not None else None)
         body, verdicts = _report_statistics(experiment, slot, data, bucket)
@@ -1788,11 +1858,18 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = _analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
-    by_unit = np.argsort(data.unit, kind="stable")
-    arm_stats = _by_arm(_unit_stats(data.arm, data.unit, data.reward, n_arms, by_unit), arms)
+    pairs = _ArmUnits(data.arm, data.unit, n_arms)
+    y = pairs.sums(data.reward)
+    arm_stats = _by_arm(_group_totals(pairs.arm, y, pairs.x, n_arms), arms)
     result = analyze_experiment(arm_stats, control=control, shares=shares, config=config)
     # guardrail: each arm's fallback rate (per decision, unit-clustered) against control's, one-sided
-    fallbacks = _by_arm(_unit_stats(data.arm, data.unit, data.fallback.astype(np.float64), n_arms, by_unit), arms)
+    fallbacks = _by_arm(_group_totals(pairs.arm, pairs.sums(data.fallback.astype(np.float64)), pairs.x, n_arms), arms)
+    sorted_units: list[np.ndarray] = []
+
+    def by_unit() -> np.ndarray:  # made once, if a segment that varies within a unit needs it
+        if not sorted_units:
+            sorted_units.append(np.argsort(data.unit, kind="stable"))
+        return sorted_units[0]
     guardrail_tests, guardrail_verdicts = guardrail_checks(fallbacks, metric="fallback_rate", control=control,
                                                            shares=shares, config=config)
 
@@ -1827,21 +1904,18 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
             remap[top] = np.arange(len(top))
             codes = remap[codes]
             labels = tuple(labels[t] for t in top) + ("other",)
-        stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
+        owner = pairs.owner(codes, n_arms)
+        if owner is not None:
+            stats = _group_totals(owner, y, pairs.x, len(labels) * n_arms)
+        else:
+            stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
         by_segment = {label: _by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}
         segments[dimension] = analyze_segments(by_segment, dimension=dimension, control=control, shares=shares,
                                                config=config).to_dict()
 
     # time series: each unit counted in the bucket of its first exposure (exact cumulative sums)
     n_buckets = len(data.bucket_labels)
-    if data.arm.size:
-        key = data.arm * (int(data.unit.max()) + 1) + data.unit
-        first = np.full(int(key.max()) + 1, key.size, dtype=np.int64)
-        np.minimum.at(first, key, np.arange(key.size))  # each (arm, unit)'s first row
-        unit_bucket = data.bucket[first[key]]
-    else:
-        unit_bucket = data.bucket
-    series_stats = _unit_stats(unit_bucket * n_arms + data.arm, data.unit, data.reward, n_buckets * n_arms, by_unit)
+    series_stats = _group_totals(data.bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, n_buckets * n_arms)
     buckets = [(data.bucket_labels[b], _by_arm(series_stats[b * n_arms:(b + 1) * n_arms], arms))
                for b in range(n_buckets)]
     series = cumulative_series(buckets, control=control, shares=shares, config=config).to_dict()
@@ -1969,7 +2043,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         lines.append(offline.get("reason", "offline estimates unavailable"))
     else:
         sample = offline.get("sample", {})
-        lines += [f"{offline['events']} of {sample.get('report_decisions', offline['events'])} decisions "
+        lines += [f"{offline['events']} decisions evaluated of {sample.get('decisions', offline['events'])} "
                   f"({sample.get('rule', 'every decision')}); {offline['method']}", "", "| arm | SNIPS | CI | DR | CI |", "|---|---|---|---|---|"]
         for est in offline["estimates"]:
             if "error" in est:

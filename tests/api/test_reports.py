@@ -437,11 +437,11 @@ def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, m
     eid, _ = _seed_log(database_url, aggregation, messy=False)
     engine = make_engine(database_url)
 
-    def report(patched=None, bucket="day"):
+    def report(patched=None, bucket="day", offline=False):
         with monkeypatch.context() as patch:
             if patched is not None:
                 patch.setattr(experiments, "fetch_experiment_data", patched)
-            body = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+            body = experiments.build_report(engine, eid, bucket=bucket, offline=offline, cache=False)
         body.pop("generated_at")
         return body, body.pop("timing_ms")
 
@@ -455,6 +455,9 @@ def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, m
             sources.append(timing["source"])
         for key, value in expected.items():
             assert sources[0][key] == value, (key, sources[0])
+        copied, _ = report(offline=True)  # the offline section too (it takes its rewards from the report's rows)
+        assert copied == report(lambda *a, **k: read(*a, **k, use_copy=False), offline=True)[0]
+        assert copied["offline"]["available"]
         return sources[0]
 
     def chunks():
@@ -585,10 +588,11 @@ def experiments_activated(engine) -> set[str]:
         return set(c.execute(select(Activation.event_id)).scalars())
 
 
-def test_offline_section_uses_every_report_decision_or_an_even_sample_and_says_how_many(sqlite_url, monkeypatch) -> None:
-    """The offline section evaluates the report's decisions (shown, of an arm) with the report's rewards: all of
-    them up to the limit, else that many at ranks floor(i * N / limit); the JSON says how many. With uniform
-    logging and a uniform target every weight is 1, so SNIPS is the sample's mean reward."""
+def test_offline_section_uses_every_decision_or_an_even_sample_and_says_how_many(sqlite_url, monkeypatch) -> None:
+    """The offline section samples the experiment's decisions (all of them up to the limit, else that many at ranks
+    floor(i * N / limit)) and evaluates those the report counts (shown, of an arm) with the report's rewards; the
+    JSON says how many. With uniform logging and a uniform target every weight is 1, so SNIPS is the mean reward
+    of the evaluated decisions."""
     from sqlalchemy import select
 
     from api import experiments
@@ -601,17 +605,20 @@ def test_offline_section_uses_every_report_decision_or_an_even_sample_and_says_h
         with engine.connect() as c:
             reference = _reference_data(c, eid, ["a", "b", "c"], slot)
             seqs = c.execute(select(Decision.seq).where(Decision.experiment_id == eid).order_by(Decision.seq)).scalars().all()
-        shown_seqs = [s for s, keep in zip(seqs, _kept_rows(engine, eid), strict=True) if keep]
-        n = len(shown_seqs)
-        assert n == reference.arm.size > 300
-        for limit, expected_rows in ((10_000, list(range(n))), (100, [i * n // 100 for i in range(100)])):
+        kept = _kept_rows(engine, eid)
+        row_of = {s: i for i, s in enumerate(s for s, keep in zip(seqs, kept, strict=True) if keep)}  # report rows
+        n = len(seqs)
+        assert len(row_of) == reference.arm.size > 300 and n == 600
+        for limit, ranks in ((10_000, range(n)), (100, [i * n // 100 for i in range(100)])):
             monkeypatch.setattr(experiments, "OFFLINE_SAMPLE_EVENTS", limit)
             report = experiments.build_report(engine, eid, bucket="day", offline=True, cache=False)
             offline = report["offline"]
-            assert offline["available"] and offline["events"] == len(expected_rows)
-            assert offline["sample"]["report_decisions"] == n == report["summary"]["decisions"]
-            assert offline["sample"]["rule"] == ("every decision" if limit > n else f"every {n / 100:.3g}th decision in log order")
-            mean = float(reference.reward[expected_rows].mean())
+            evaluated = [row_of[seqs[r]] for r in ranks if seqs[r] in row_of]
+            assert offline["available"] and offline["events"] == len(evaluated) < len(ranks)
+            assert offline["sample"] == {"decisions": n, "sampled": len(ranks), "evaluated": len(evaluated),
+                                         "limit": limit, "rule": "every decision" if limit > n else
+                                         "every 6th decision in log order"}
+            mean = float(reference.reward[evaluated].mean())
             for estimate in offline["estimates"]:
                 assert estimate["snips"]["value"] == pytest.approx(mean, abs=1e-12)
     finally:
@@ -629,3 +636,30 @@ def _kept_rows(engine, eid: int) -> list[bool]:
         rows = c.execute(select(Decision.event_id, Decision.deferred, Decision.arm).where(Decision.experiment_id == eid)
                          .order_by(Decision.seq)).all()
     return [(not r.deferred or r.event_id in activated) and r.arm in ("a", "b", "c") for r in rows]
+
+
+@pytest.mark.parametrize("units", [50, 5000])  # dense bins, and sparse units (np.unique)
+def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
+    """Arm, constant-segment and first-exposure statistics summed over (arm, unit) pairs equal, bit for bit, those
+    of grouping the rows again (``_unit_stats``); a segment that varies within a unit is refused."""
+    import numpy as np
+
+    from api.experiments import _ArmUnits, _group_totals, _unit_stats
+
+    rng = np.random.default_rng(units)
+    n, n_arms = 600, 3
+    unit = rng.integers(0, units, n) * (1 if units == 50 else 97)
+    arm = (unit * 7 + (rng.random(n) < 0.05)) % n_arms  # sticky, with a few units in two arms
+    reward = rng.choice([0.0, 1.0, 0.1, 1 / 3], n)
+    pairs = _ArmUnits(arm, unit, n_arms)
+    y = pairs.sums(reward)
+    assert _group_totals(pairs.arm, y, pairs.x, n_arms) == _unit_stats(arm, unit, reward, n_arms)
+    country = unit % 5
+    owner = pairs.owner(country, n_arms)
+    assert owner is not None
+    assert _group_totals(owner, y, pairs.x, 5 * n_arms) == _unit_stats(country * n_arms + arm, unit, reward, 5 * n_arms)
+    assert pairs.owner(rng.integers(0, 4, n), n_arms) is None
+    bucket = np.sort(rng.integers(0, 6, n))
+    first_bucket = np.array([bucket[np.flatnonzero((unit == u) & (arm == a))[0]] for u, a in zip(unit, arm, strict=True)])
+    assert _group_totals(bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, 6 * n_arms) == \
+        _unit_stats(first_bucket * n_arms + arm, unit, reward, 6 * n_arms)
