@@ -360,9 +360,9 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         # Load the User-Agent regexes and zone list now, not on the first request (~0.2 s).
         derive_context(RequestFacts(user_agent="Mozilla/5.0", timezone="UTC"), now=datetime.now(UTC))
         commit_in_loop = settings.commit_in_loop and engine.dialect.name == "sqlite" and SQLITE_SYNCHRONOUS == "NORMAL"
-        def on_batch(rows: int, path: str) -> None:
+        def on_batch(rows: int, path: str, seconds: float) -> None:
             metrics_.log_batch.observe(rows)
-            metrics_.log_commits.labels(path).inc()
+            metrics_.log_commit_seconds.labels(path).observe(seconds)
 
         writer = LogWriter(engine, gather_ms=settings.group_commit_ms, on_batch=on_batch, commit_in_loop=commit_in_loop)
         secret = load_secret(settings)

@@ -57,7 +57,6 @@ def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
     if args.workers > 1:
         # Worker processes build their app from the environment: hand the settings over there.
         import os
-
         import shutil
         import tempfile
 

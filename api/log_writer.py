@@ -39,6 +39,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, Table, insert
 from sqlalchemy.exc import IntegrityError
 
+from api.db.bulk import SqliteAppender
 from api.db.engine import try_write_lock, write_lock
 from api.db.models import Activation, Decision, Reward
 
@@ -76,8 +77,9 @@ def _settle(items: list[_Item]) -> None:
 
 class LogWriter:
     def __init__(self, engine: Engine, *, gather_ms: float = 0.0, max_batch: int = 500,
-                 on_batch: Callable[[int, str], None] | None = None, commit_in_loop: bool = False) -> None:
+                 on_batch: Callable[[int, str, float], None] | None = None, commit_in_loop: bool = False) -> None:
         self._engine = engine
+        self._appender = SqliteAppender(engine.dialect) if engine.dialect.name == "sqlite" else None
         self._commit_in_loop = commit_in_loop
         self._loop_batch: list[_Item] = []
         self._loop_connection: Connection | None = None
@@ -157,6 +159,7 @@ class LogWriter:
         batch, self._loop_batch = self._loop_batch, []
         if not batch:
             return
+        started = time.perf_counter()
         # Another worker's commit is over within a millisecond; anything longer (the learner
         # writing a snapshot) is waited out by the thread, not the loop.
         with try_write_lock(self._engine, wait_s=0.002) as held:
@@ -178,7 +181,7 @@ class LogWriter:
             for item in batch:
                 self._queue.put(item)
             return
-        self._finish(batch, "loop")
+        self._finish(batch, "loop", time.perf_counter() - started)
         for item in batch:
             item.outcome = True
         _settle(batch)
@@ -206,6 +209,7 @@ class LogWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
         rows = [item for item in batch if item.kind != "flush"]
         if rows:
             try:
@@ -226,7 +230,7 @@ class LogWriter:
                 log.exception("log commit failed")
                 for item in rows:
                     item.outcome = error
-        self._finish(rows, "thread")
+        self._finish(rows, "thread", time.perf_counter() - started)
         # One wake-up of each event loop per batch, not one per row.
         by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
@@ -240,9 +244,9 @@ class LogWriter:
             except RuntimeError:  # that loop has closed: nobody is waiting any more
                 pass
 
-    def _finish(self, rows: list[_Item], path: str) -> None:
+    def _finish(self, rows: list[_Item], path: str, seconds: float) -> None:
         if rows and self._on_batch is not None:
-            self._on_batch(len(rows), path)
+            self._on_batch(len(rows), path, seconds)
         with self._lock:
             for item in rows:
                 if item.kind == "decision":
@@ -252,13 +256,15 @@ class LogWriter:
         with write_lock(self._engine), self._engine.begin() as connection:
             self._insert_rows(connection, items)
 
-    @staticmethod
-    def _insert_rows(connection: Connection, items: list[_Item]) -> None:
+    def _insert_rows(self, connection: Connection, items: list[_Item]) -> None:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_kind.setdefault(item.kind, []).append(item.row)
         # decisions first: a reward in the same batch may belong to one of them
         for kind in ("decision", "activation", "reward"):
             if kind in by_kind:
-                connection.execute(insert(_TABLES[kind]), by_kind[kind])
+                if self._appender is not None:
+                    self._appender.append(connection, _TABLES[kind], by_kind[kind])
+                else:
+                    connection.execute(insert(_TABLES[kind]), by_kind[kind])
 

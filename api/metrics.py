@@ -39,9 +39,10 @@ class Metrics:
             "slotbandit_log_batch_size", "Decisions per group commit",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=self.registry,
         )
-        self.log_commits = Counter(
-            "slotbandit_log_commits", "Group commits of the log by path: on the event loop or in the writer thread",
-            ["path"], registry=self.registry,
+        self.log_commit_seconds = Histogram(
+            "slotbandit_log_commit_seconds",
+            "Duration of a group commit of the log, by path: on the event loop or in the writer thread",
+            ["path"], buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0), registry=self.registry,
         )
         self.model_version = Gauge("slotbandit_model_version", "Serving model version", ["policy"], registry=self.registry,
                                    multiprocess_mode="max")

@@ -171,8 +171,15 @@ def commit_paths(base: str) -> str:
     import httpx
 
     text = httpx.get(base + "/metrics").text
-    paths = re.findall(r'slotbandit_log_commits_total\{path="(\w+)"\} ([\d.e+]+)', text)
-    return ", ".join(f"{path} {int(float(n))}" for path, n in paths) or "none"
+    parts = []
+    for path in ("loop", "thread"):
+        buckets = {float(le): float(n) for le, n in re.findall(
+            rf'slotbandit_log_commit_seconds_bucket\{{le="([^"]+)",path="{path}"\}} ([\d.e+]+)', text)}
+        total = buckets.get(float("inf"), 0)
+        if total:
+            shares = " ".join(f"<={le * 1000:g}ms {100 * n / total:.0f}%" for le, n in sorted(buckets.items()) if le <= 0.01)
+            parts.append(f"{path} {int(total)} ({shares})")
+    return "; ".join(parts) or "none"
 
 
 def main() -> int:

@@ -42,7 +42,7 @@ def logged(engine) -> dict[str, float]:
 
 def test_appends_of_one_loop_iteration_commit_together_on_the_loop(engine) -> None:
     batches: list[tuple[int, str]] = []
-    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path: batches.append((n, path)))
+    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path, seconds: batches.append((n, path)))
 
     async def run() -> list[bool]:
         return await asyncio.gather(*(writer.append("decision", decision(f"e{i}")) for i in range(25)))
@@ -57,7 +57,7 @@ def test_appends_of_one_loop_iteration_commit_together_on_the_loop(engine) -> No
 
 def test_duplicates_in_a_loop_batch_are_settled_row_by_row_by_the_thread(engine) -> None:
     batches: list[tuple[int, str]] = []
-    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path: batches.append((n, path)))
+    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path, seconds: batches.append((n, path)))
 
     async def run() -> tuple[object, ...]:
         await writer.write(decision("first"))
@@ -85,7 +85,7 @@ def test_a_busy_file_sends_the_batch_to_the_thread_which_waits(engine, sqlite_ur
     than the loop may wait: the batch goes to the thread, the loop keeps serving."""
     other = make_engine(sqlite_url)
     batches: list[tuple[int, str]] = []
-    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path: batches.append((n, path)))
+    writer = LogWriter(engine, commit_in_loop=True, on_batch=lambda n, path, seconds: batches.append((n, path)))
     held = threading.Event()
     release = threading.Event()
 
@@ -134,3 +134,37 @@ def test_the_write_lock_excludes_other_engines_on_the_file(engine, sqlite_url: s
                 assert inner is False
     finally:
         other.dispose()
+
+
+def test_the_sqlite_appender_stores_what_sqlalchemy_stores(tmp_path) -> None:
+    """Column by column, byte for byte: JSON, NULLs, booleans, aware datetimes, unicode, floats."""
+    import sqlite3
+
+    from sqlalchemy import insert
+
+    from api.db.bulk import SqliteAppender
+    from api.db.models import Reward
+
+    rows = [decision("plain"), {**decision("inline"), "inline_candidates": [{"id": "ä|b", "features": {"x": 1.5}}],
+                                "unit_key": "k" * 32, "consent": False, "fallback": True, "fallback_reason": "boom",
+                                "context": {"user": {"név": "日本", "n": 1e-300}}, "experiment_id": 3, "arm": "B"}]
+    rewards = [{"event_id": "plain", "reward_id": None, "value": 0.25, "created_at": datetime(2026, 1, 2, 3, 4, 5, 6, UTC)}]
+    stored = []
+    for way in ("sqlalchemy", "appender"):
+        url = f"sqlite:///{tmp_path / way}.db"
+        migrate(url)
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            if way == "sqlalchemy":
+                connection.execute(insert(Decision.__table__), rows)
+                connection.execute(insert(Reward.__table__), rewards)
+            else:
+                appender = SqliteAppender(engine.dialect)
+                appender.append(connection, Decision.__table__, rows)
+                appender.append(connection, Reward.__table__, rewards)
+        engine.dispose()
+        with sqlite3.connect(tmp_path / f"{way}.db") as raw:
+            stored.append([raw.execute("SELECT * FROM decisions ORDER BY seq").fetchall(),
+                           raw.execute("SELECT * FROM rewards").fetchall()])
+    assert stored[0] == stored[1]
+    assert len(stored[0][0]) == 2 and len(stored[0][1]) == 1

@@ -51,5 +51,5 @@ def test_two_workers_share_the_log_and_the_metrics(sqlite_url: str, tmp_path: Pa
     assert len(answers) == 300 and logged == answers
     for text in texts:  # every answer, from either worker, sums both
         assert re.search(r'slotbandit_decisions_total\{slot="mw.slot"\} 300\.0', text), text[:2000]
-        commits = sum(float(n) for n in re.findall(r'slotbandit_log_commits_total\{path="\w+"\} ([\d.]+)', text))
+        commits = sum(float(n) for n in re.findall(r'slotbandit_log_commit_seconds_count\{path="\w+"\} ([\d.]+)', text))
         assert 1 <= commits <= 300
