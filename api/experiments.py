@@ -28,24 +28,67 @@ Report (:func:`build_report`)
     ``ix_decisions_experiment_report`` of migration 0005) returns each column
     joined into one string in log order: seq with arm, flags, device type and
     day part packed into one integer (closed vocabularies, encoded by SQL),
-    the unit key, the country, the timestamp. numpy splits and encodes them
-    (codes numbered by first appearance, as a Python dict would) with no
-    Python loop per decision. The activated decisions (a walk of
-    ``activations`` when they are fewer than the decisions, else a probe per
-    decision) and the rewards received within ``reward_window_s`` (rows:
-    seq, reward id, value) come from two more queries; numpy aggregates the
-    rewards with the slot's ``reward_aggregation`` in reward-id order, clips
-    to the reward range and puts the slot's default reward where none came
-    (the learner's rule). Then per-unit sufficient statistics
-    (``analysis.experiments.ArmStats``) per arm, per (segment, arm) and per
-    first-exposure bucket; ``analysis.experiments`` does all statistics.
-    Decisions made with ``defer_activation`` and never activated were never
-    shown: they are excluded (and counted). The numbers equal those of the
-    plain row-by-row computation (``tests/api/test_reports.py``).
-    Measured on 1,000,000 decisions (``benchmarks/report.py``): see that file.
+    the country, the hour of the timestamp; a second scan the unit keys.
+    numpy splits and encodes them (codes numbered by first appearance, as a
+    Python dict would) with no Python loop per decision. The activated
+    decisions (a walk of ``activations`` when they are fewer than the
+    decisions, else a probe per decision) and the rewards received within
+    ``reward_window_s`` (rows: seq, reward id, value) come from two more
+    queries; numpy aggregates the rewards with the slot's
+    ``reward_aggregation`` in reward-id order, clips to the reward range and
+    puts the slot's default reward where none came (the learner's rule).
+    Then per-unit sufficient statistics (``analysis.experiments.ArmStats``)
+    per arm, per (segment, arm) and per first-exposure bucket, summed over
+    the (arm, unit) pairs found once; ``analysis.experiments`` does all
+    statistics. Decisions made with ``defer_activation`` and never activated
+    were never shown: they are excluded (and counted). The numbers equal
+    those of the plain row-by-row computation (``tests/api/test_reports.py``).
     A report is cached in the process per (experiment, bucket, offline, data
     marks); a repeated view with nothing new in the log costs the few index
-    lookups of the marks.
+    lookups of the marks. Measured on 1,000,000 decisions: ``benchmarks/report.py``.
+
+Report copy (table ``report_chunks``, migration 0006)
+    Those scans cost about 1.5 CPU-seconds per million decisions, nearly all
+    of it per-row work on rows that never change. So the report keeps what it
+    derived from them, per experiment: the encoded columns (seq, flags, unit
+    codes, segment and hour codes), two 64-bit hashes per unit key, the
+    windowed reward rows and the activation flags, as ``.npz`` chunks with
+    their cursors (largest decision seq, reward id, activation key: SQLite
+    rowid, PostgreSQL created_at) and the row counts at or below them. A
+    report loads the chunks, checks the counts (any row that appeared below a
+    cursor, a late commit, or went, a purge, voids the copy, which is then
+    dropped and rebuilt), and reads only what lies past the cursors: the
+    decisions after the seq cursor (with all their rewards and activations),
+    the rewards above the reward cursor and the activations above the
+    activation cursor of earlier decisions. Codes continue the copy's
+    numbering (a unit key by its hashes, a label by its text), so the
+    columns, and every number of the report, equal those of a read of the
+    whole log (``tests/api/test_reports.py``: appends, restarts, compaction,
+    late commits, erase, purge; SQLite and PostgreSQL). The report writes a
+    chunk when at least :data:`REPORT_COPY_MIN_DECISIONS` decisions and 10% of
+    the copy lie past it; a copy of :data:`REPORT_COPY_MAX_CHUNKS` chunks is
+    rewritten as one. PostgreSQL copies only rows older than
+    :data:`REPORT_COPY_MARGIN_S`: it commits ids out of order. Only report
+    readers write the table; ``queries.erase_unit`` and ``purge_older_than``
+    drop the copies they void. Unit keys that the joined text cannot carry
+    (legacy keys holding the separator) keep that experiment on full reads.
+
+Guardrails
+    Every arm's fallback rate (decisions that served the slot's default
+    because the policy failed) is tested against control's, one-sided,
+    at the unit level, Holm-corrected (``analysis.experiments.guardrail_checks``);
+    a significant increase adds a verdict line. ``max_fallback_rate`` adds an
+    absolute limit per arm; ``max_latency_ms`` compares this worker's
+    service-wide p95 decide latency (decisions store no latency, so there is
+    no per-arm latency comparison).
+
+Offline section
+    Every arm's current policy (vw: its newest snapshot) estimated with SNIPS
+    and DR, and DR paired against control, on the experiment's decisions: all
+    of them up to :data:`OFFLINE_SAMPLE_EVENTS` (:data:`OFFLINE_VW_SAMPLE_EVENTS`
+    with a ``vw`` arm), else that many evenly spaced in log order; of those,
+    the ones the report counts (shown, of an arm), with the report's rewards.
+    ``offline.sample`` in the JSON says how many and how.
 
 Beacons (the browser snippet)
     ``navigator.sendBeacon`` cannot send an Authorization header. Every
@@ -1706,7 +1749,7 @@ def _offline_section(pending: Future[_OfflineInputs | str], data: ExperimentData
     return {
         "available": True, "events": n,
         "sample": {"decisions": inputs.total, "sampled": int(inputs.seq.size), "evaluated": n, "limit": limit,
-                   "rule": (f"every {inputs.total / inputs.seq.size:.3g}th decision in log order"
+                   "rule": (f"1 in {inputs.total / inputs.seq.size:.3g} decisions, evenly spaced in log order"
                             if inputs.seq.size < inputs.total else "every decision")},
         "method": "snips and dr (normal 95% intervals) on the sampled decisions that the report counts (shown, of "
                   "an arm), with the report's rewards; each arm's current policy (vw: its latest snapshot)",

@@ -617,7 +617,7 @@ def test_offline_section_uses_every_decision_or_an_even_sample_and_says_how_many
             assert offline["available"] and offline["events"] == len(evaluated) < len(ranks)
             assert offline["sample"] == {"decisions": n, "sampled": len(ranks), "evaluated": len(evaluated),
                                          "limit": limit, "rule": "every decision" if limit > n else
-                                         "every 6th decision in log order"}
+                                         "1 in 6 decisions, evenly spaced in log order"}
             mean = float(reference.reward[evaluated].mean())
             for estimate in offline["estimates"]:
                 assert estimate["snips"]["value"] == pytest.approx(mean, abs=1e-12)
