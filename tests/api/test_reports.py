@@ -663,3 +663,28 @@ def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
     first_bucket = np.array([bucket[np.flatnonzero((unit == u) & (arm == a))[0]] for u, a in zip(unit, arm, strict=True)])
     assert _group_totals(bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, 6 * n_arms) == \
         _unit_stats(first_bucket * n_arms + arm, unit, reward, 6 * n_arms)
+
+
+def test_migration_0006_adds_the_report_copy_to_a_database_with_experiments(database_url, monkeypatch) -> None:
+    """A log written before 0006 upgrades in place; its experiment's first report builds the copy from the log,
+    and the next one, read from the copy, is the same report."""
+    from api import experiments
+    from api.db import engine as engine_module
+    from api.db.engine import make_engine, migrate
+
+    migrate(database_url, "0005")
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "migrate", lambda *a, **k: None)  # seed the 0005 schema as it is
+        eid, _ = _seed_log(database_url, "max", messy=False)
+    migrate(database_url)
+    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    engine = make_engine(database_url)
+    try:
+        first = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        second = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        assert first["timing_ms"]["source"]["copy_written"] and second["timing_ms"]["source"]["copied_decisions"] == 600
+        for report in (first, second):
+            report.pop("generated_at"), report.pop("timing_ms")
+        assert first == second
+    finally:
+        engine.dispose()
