@@ -1545,6 +1545,20 @@ class _ArmUnits:
         """Per pair, the sum of ``values`` over its rows (in row order)."""
         return np.bincount(self.of_row, weights=values, minlength=self.size)
 
+    def segment_stats(self, codes: np.ndarray, n_codes: int, reward: np.ndarray, n_arms: int) -> list[ArmStats] | None:
+        """:func:`_unit_stats` of groups ``code * n_arms + arm`` for a row code that may change within a
+        pair: dense bins over (pair, code), pairs taken in (arm, unit) order as there; None when
+        the bins would outnumber the rows eightfold."""
+        space = self.size * n_codes
+        if space > 8 * max(self.of_row.size, 1):
+            return None
+        key = self.of_row * n_codes + codes
+        count = np.bincount(key, minlength=space)
+        present = np.flatnonzero(count)
+        y = np.bincount(key, weights=reward, minlength=space)[present]
+        owner = (present % n_codes) * n_arms + self.arm[present // n_codes]
+        return _group_totals(owner, y, count[present].astype(np.float64), n_codes * n_arms)
+
     def owner(self, codes: np.ndarray, n_arms: int) -> np.ndarray | None:
         """Per pair, ``code * n_arms + arm`` of a row code constant within every pair; None if it is not."""
         at_first = codes[self.first]
@@ -1948,8 +1962,11 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
             codes = remap[codes]
             labels = tuple(labels[t] for t in top) + ("other",)
         owner = pairs.owner(codes, n_arms)
+        varying = pairs.segment_stats(codes, len(labels), data.reward, n_arms) if owner is None else None
         if owner is not None:
             stats = _group_totals(owner, y, pairs.x, len(labels) * n_arms)
+        elif varying is not None:
+            stats = varying
         else:
             stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
         by_segment = {label: _by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}

@@ -640,8 +640,8 @@ def _kept_rows(engine, eid: int) -> list[bool]:
 
 @pytest.mark.parametrize("units", [50, 5000])  # dense bins, and sparse units (np.unique)
 def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
-    """Arm, constant-segment and first-exposure statistics summed over (arm, unit) pairs equal, bit for bit, those
-    of grouping the rows again (``_unit_stats``); a segment that varies within a unit is refused."""
+    """Arm, segment and first-exposure statistics summed over (arm, unit) pairs equal, bit for bit, those of
+    grouping the rows again (``_unit_stats``), for a segment constant within a unit and one that is not."""
     import numpy as np
 
     from api.experiments import _ArmUnits, _group_totals, _unit_stats
@@ -658,7 +658,9 @@ def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
     owner = pairs.owner(country, n_arms)
     assert owner is not None
     assert _group_totals(owner, y, pairs.x, 5 * n_arms) == _unit_stats(country * n_arms + arm, unit, reward, 5 * n_arms)
-    assert pairs.owner(rng.integers(0, 4, n), n_arms) is None
+    daypart = rng.integers(0, 4, n)  # changes within a unit
+    assert pairs.owner(daypart, n_arms) is None
+    assert pairs.segment_stats(daypart, 4, reward, n_arms) == _unit_stats(daypart * n_arms + arm, unit, reward, 4 * n_arms)
     bucket = np.sort(rng.integers(0, 6, n))
     first_bucket = np.array([bucket[np.flatnonzero((unit == u) & (arm == a))[0]] for u, a in zip(unit, arm, strict=True)])
     assert _group_totals(bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, 6 * n_arms) == \
