@@ -707,7 +707,7 @@ def _split(blob: bytes, n: int, prefix: int = 0) -> tuple[np.ndarray, np.ndarray
         return matrix, starts, lengths
     # one gather of ``width`` bytes from every start (a sliding window over the zero-padded blob), then
     # the bytes past each value cleared
-    padded = np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
+    padded = buf if int(starts[-1]) + width <= buf.size else np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
     matrix = np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
     matrix *= np.arange(width, dtype=np.int64) < lengths[:, None]
     return matrix, starts, lengths
