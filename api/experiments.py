@@ -1432,7 +1432,8 @@ def _experiment_columns(connection: Connection, experiment_id: int, arms: Sequen
     threshold = max(REPORT_COPY_MIN_DECISIONS, REPORT_COPY_GROWTH * base.seq.size)
     target = None
     if use_copy and connection.dialect.name == "sqlite":  # how many to copy is known once they are read
-        target = _copy_target(connection, experiment_id, top, after, counts, None)
+        if top - max(after.seq, low - 1) >= threshold:  # the seq span bounds their number
+            target = _copy_target(connection, experiment_id, top, after, counts, None)
     elif use_copy:
         pending = _count_decisions(connection, experiment_id, after.seq, top)
         if pending >= threshold:
