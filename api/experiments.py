@@ -68,9 +68,13 @@ Report copy (table ``report_chunks``, migration 0006)
     chunk when at least :data:`REPORT_COPY_MIN_DECISIONS` decisions and 10% of
     the copy lie past it; a copy of :data:`REPORT_COPY_MAX_CHUNKS` chunks is
     rewritten as one. PostgreSQL copies only rows older than
-    :data:`REPORT_COPY_MARGIN_S`: it commits ids out of order. Only report
-    readers write the table; ``queries.erase_unit`` and ``purge_older_than``
-    drop the copies they void. Unit keys that the joined text cannot carry
+    :data:`REPORT_COPY_MARGIN_S`: it commits ids out of order. A keeper in
+    every serving worker (:func:`keep_report_copies`, every
+    :data:`REPORT_COPY_KEEP_INTERVAL_S`) writes the missing copies and
+    extends the lagging ones of running experiments, one worker per
+    experiment (a claim row), so that a report seldom builds a copy itself.
+    Only report readers and the keeper write the table; ``queries.erase_unit``
+    and ``purge_older_than`` drop the copies they void. Unit keys that the joined text cannot carry
     (legacy keys holding the separator) keep that experiment on full reads.
 
 Guardrails
@@ -161,6 +165,7 @@ __all__ = [
     "add_commands",
     "build_report",
     "clear_report_cache",
+    "keep_report_copies",
     "report_csv",
     "report_markdown",
     "shutdown",
@@ -1262,7 +1267,8 @@ def _load_copy(connection: Connection, experiment_id: int, fingerprint: str) -> 
     """The experiment's report copy from its chunks, or None without one. Raises :class:`_StaleCopy`."""
     rows = connection.execute(
         select(ReportChunk.position, ReportChunk.fingerprint, ReportChunk.meta, ReportChunk.data)
-        .where(ReportChunk.experiment_id == experiment_id).order_by(ReportChunk.position)).all()
+        .where(ReportChunk.experiment_id == experiment_id, ReportChunk.position >= 0)
+        .order_by(ReportChunk.position)).all()
     if not rows:
         return None
     chain = _Cursor()
@@ -1390,6 +1396,72 @@ def _save_copy(engine: Engine, experiment_id: int, fingerprint: str, columns: _C
     except IntegrityError:  # another report wrote this chunk first
         return False
     return True
+
+
+REPORT_COPY_KEEP_INTERVAL_S = 60.0
+"""Every serving worker looks this often for running experiments whose report copy is missing or lags
+by the write threshold, and brings them up to date (:func:`keep_report_copies`)."""
+_CLAIM = -1  # position of the marker row that claims an experiment's copy for one keeper
+_CLAIM_TTL_S = 600.0
+
+
+def _claim_copy(engine: Engine, experiment_id: int) -> bool:
+    """Insert the experiment's claim marker (unique position -1); False when another keeper holds a fresh one."""
+    now = utcnow()
+    try:
+        with write_lock(engine), engine.begin() as connection:
+            connection.execute(delete(ReportChunk).where(  # a claim left by a keeper that died
+                ReportChunk.experiment_id == experiment_id, ReportChunk.position == _CLAIM,
+                ReportChunk.created_at < now - timedelta(seconds=_CLAIM_TTL_S)))
+            connection.execute(insert(ReportChunk).values(
+                experiment_id=experiment_id, position=_CLAIM, fingerprint="claim", meta={}, data=b"", created_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def _release_copy(engine: Engine, experiment_id: int) -> None:
+    with write_lock(engine), engine.begin() as connection:
+        connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id,
+                                                     ReportChunk.position == _CLAIM))
+
+
+def keep_report_copies(engine: Engine) -> list[int]:
+    """One pass of the report copy keeper: for every running experiment whose copy is missing or lags by
+    the write threshold (:data:`REPORT_COPY_MIN_DECISIONS`, :data:`REPORT_COPY_GROWTH`), read it as a
+    report would (no statistics, no offline section), which writes the copy. So the first report after
+    an upgrade, a purge or an erased unit, and reports of experiments nobody looks at for a while, find
+    the copy ready instead of building it. A marker row claims each experiment for one keeper among
+    the workers. Returns the experiments whose copy was written."""
+    written: list[int] = []
+    with engine.connect() as connection:
+        running = connection.execute(select(Experiment.id).where(Experiment.status == "running")
+                                     .order_by(Experiment.id)).scalars().all()
+        for experiment_id in running:
+            low, top = _seq_range(connection, experiment_id)
+            if top is None:
+                continue
+            last = connection.execute(select(ReportChunk.meta).where(
+                ReportChunk.experiment_id == experiment_id, ReportChunk.position >= 0)
+                .order_by(ReportChunk.position.desc()).limit(1)).scalar()
+            after = _Cursor.from_dict(last["cursor"]).seq if last else _BEFORE_ALL
+            copied = int(last["counts"]["decisions"]) if last else 0
+            threshold = max(REPORT_COPY_MIN_DECISIONS, REPORT_COPY_GROWTH * copied)
+            if int(top) - max(after, int(low) - 1) < threshold or \
+                    _count_decisions(connection, experiment_id, after, int(top)) < threshold:
+                continue
+            if not _claim_copy(engine, experiment_id):
+                continue
+            try:
+                experiment = _experiment_dict(connection, experiment_id)
+                slot = _slot_row(connection, experiment["slot"])
+                data = fetch_experiment_data(connection, experiment_id, [a["name"] for a in experiment["arms"]],
+                                             slot)
+                if data.source.get("copy_written"):
+                    written.append(experiment_id)
+            finally:
+                _release_copy(engine, experiment_id)
+    return written
 
 
 def fetch_experiment_data(connection: Connection, experiment_id: int, arms: Sequence[str], slot: Mapping[str, Any],
@@ -2229,12 +2301,19 @@ async def startup(app: Any) -> None:
         state.demo_key = await asyncio.to_thread(create_key, state.engine, "decide", "demo page")
 
     state.experiment_poller = Periodic("experiment-refresh", state.settings.reload_interval_s, book.refresh).start()
+    engine = state.engine
+
+    def keep() -> None:
+        keep_report_copies(engine)
+
+    state.report_copy_keeper = Periodic("report-copies", REPORT_COPY_KEEP_INTERVAL_S, keep).start()
 
 
 async def shutdown(app: Any) -> None:
-    poller = getattr(app.state, "experiment_poller", None)
-    if poller is not None:
-        await asyncio.to_thread(poller.stop)
+    for name in ("experiment_poller", "report_copy_keeper"):
+        poller = getattr(app.state, name, None)
+        if poller is not None:
+            await asyncio.to_thread(poller.stop)
 
 
 # ----------------------------------------------------------------------------- CLI

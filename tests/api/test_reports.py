@@ -690,3 +690,52 @@ def test_migration_0006_adds_the_report_copy_to_a_database_with_experiments(data
         assert first == second
     finally:
         engine.dispose()
+
+
+def test_the_keeper_brings_running_experiments_copies_up_to_date_once(database_url, monkeypatch) -> None:
+    """``keep_report_copies`` writes the missing copy of a running experiment (one keeper at a time: a fresh
+    claim of another keeper is respected, a stale one taken over), extends it once the log grew past the
+    threshold, leaves stopped experiments alone; the report then reads the copy, and is the same report."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, insert, select, update
+
+    from api import experiments
+    from api.db.engine import make_engine
+    from api.db.experiment_models import Experiment, ReportChunk
+
+    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    eid, _ = _seed_log(database_url, "sum", messy=False)
+    engine = make_engine(database_url)
+
+    def chunks() -> int:
+        with engine.connect() as c:
+            return c.execute(select(func.count()).select_from(ReportChunk).where(ReportChunk.experiment_id == eid,
+                                                                                 ReportChunk.position >= 0)).scalar()
+
+    try:
+        assert experiments.keep_report_copies(engine) == [] and chunks() == 0  # stopped: left alone
+        with engine.begin() as c:
+            c.execute(update(Experiment).where(Experiment.id == eid).values(status="running"))
+            c.execute(insert(ReportChunk).values(experiment_id=eid, position=-1, fingerprint="claim", meta={},
+                                                 data=b"", created_at=datetime.now(UTC)))
+        assert experiments.keep_report_copies(engine) == [] and chunks() == 0  # another keeper holds it
+        with engine.begin() as c:
+            c.execute(update(ReportChunk).where(ReportChunk.position == -1)
+                      .values(created_at=datetime.now(UTC) - timedelta(hours=1)))
+        assert experiments.keep_report_copies(engine) == [eid] and chunks() == 1  # the stale claim taken over
+        assert experiments.keep_report_copies(engine) == []  # up to date: nothing to do
+        _append_log(engine, eid, 600, 70, seed=4, old_rewards=10)
+        assert experiments.keep_report_copies(engine) == [eid] and chunks() == 2
+        with engine.connect() as c:
+            assert c.execute(select(func.count()).select_from(ReportChunk).where(ReportChunk.position == -1)).scalar() == 0
+        kept = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        assert kept["timing_ms"]["source"]["copied_decisions"] == 670 and kept["timing_ms"]["source"]["read_decisions"] == 0
+        with monkeypatch.context() as patch:
+            patch.setattr(experiments, "fetch_experiment_data", _reference_data)
+            reference = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        for report in (kept, reference):
+            report.pop("generated_at"), report.pop("timing_ms")
+        assert kept == reference
+    finally:
+        engine.dispose()
