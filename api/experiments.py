@@ -1303,7 +1303,8 @@ def _load_copy(connection: Connection, experiment_id: int, fingerprint: str) -> 
 
 def _drop_copy(engine: Engine, experiment_id: int) -> None:
     with write_lock(engine), engine.begin() as connection:
-        connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
+        connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id,
+                                                     ReportChunk.position >= 0))
 
 
 def _copy_target(connection: Connection, experiment_id: int, top: int, after: _Cursor, counts: _Counts,
@@ -1389,7 +1390,8 @@ def _save_copy(engine: Engine, experiment_id: int, fingerprint: str, columns: _C
     try:  # the file's write lock, as the log writer takes it (SQLite's busy handler would sleep instead)
         with write_lock(engine), engine.begin() as connection:
             if full:
-                connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id))
+                connection.execute(delete(ReportChunk).where(ReportChunk.experiment_id == experiment_id,
+                                                             ReportChunk.position >= 0))
             connection.execute(insert(ReportChunk).values(
                 experiment_id=experiment_id, position=chunk, fingerprint=fingerprint, meta=meta,
                 data=buffer.getvalue(), created_at=utcnow()))
