@@ -384,6 +384,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         try:
             yield
         finally:
+            gc.unfreeze()  # an app that stops (tests, the demo) leaves its objects collectable
             await asyncio.to_thread(poller.stop)
             await asyncio.to_thread(checkpointer.stop)
             for module in reversed(extensions):
