@@ -74,6 +74,8 @@ import math
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +87,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from api.db.bulk import append_rows
+from api.db.engine import write_lock
 from api.db.learning_models import LearnedDecision, LearnerLease
 from api.db.models import Activation, CatalogVersion, Decision, Policy, Reward, Slot, Snapshot
 from api.settings import ServiceSettings, settings_from_env
@@ -117,8 +121,10 @@ _decisions = Decision.__table__
 class LearnerSettings:
     """How the learner batches, snapshots and shares work. Env: ``SLOTBANDIT_LEARNER_<FIELD>``."""
 
-    snapshot_every: int = 1000
-    """Write a snapshot after this many learned decisions (N)."""
+    snapshot_every: int = 10_000
+    """Write a snapshot after this many learned decisions (N). At 1,000 decisions/s that is one
+    every 10 s: each holds the log's write lock for a few milliseconds (more when the cores are
+    busy), and at one a second they showed in the p99 of decisions (``benchmarks/decide.py --learner``)."""
     snapshot_interval_s: float = 30.0
     """... or when this many seconds passed since the last one and something was learned (T)."""
     keep_snapshots: int = 10
@@ -298,7 +304,9 @@ def acquire_lease(engine: Engine, policy_name: str, holder: str, ttl_s: float, n
     """Take or renew the lease of a policy; True when ``holder`` has it until now + ttl."""
     now = now or datetime.now(UTC)
     expires = now + timedelta(seconds=ttl_s)
-    with engine.begin() as connection:
+    # every write of the learner holds the log's file write lock (api.db.engine.write_lock): a
+    # serving worker waiting to commit is woken when it is released, not after SQLite's busy sleeps
+    with write_lock(engine), engine.begin() as connection:
         taken = connection.execute(
             update(LearnerLease)
             .where(
@@ -310,7 +318,7 @@ def acquire_lease(engine: Engine, policy_name: str, holder: str, ttl_s: float, n
     if taken:
         return True
     try:
-        with engine.begin() as connection:
+        with write_lock(engine), engine.begin() as connection:
             connection.execute(
                 insert(LearnerLease).values(policy_name=policy_name, holder=holder, expires_at=expires, acquired_at=now)
             )
@@ -320,7 +328,7 @@ def acquire_lease(engine: Engine, policy_name: str, holder: str, ttl_s: float, n
 
 
 def release_lease(engine: Engine, policy_name: str, holder: str) -> None:
-    with engine.begin() as connection:
+    with write_lock(engine), engine.begin() as connection:
         connection.execute(
             delete(LearnerLease).where(LearnerLease.policy_name == policy_name, LearnerLease.holder == holder)
         )
@@ -621,7 +629,7 @@ class PolicyLearner:
         now = datetime.now(UTC)  # leases run on the wall clock, whatever clock the step judged readiness by
         model = self.model.save()
         try:
-            with self.engine.begin() as connection:
+            with write_lock(self.engine), self.engine.begin() as connection:
                 if not _fence(connection, self.name, self.holder, now, self.settings.lease_ttl_s):
                     raise _Refused("lease lost")
                 version = append_snapshot(
@@ -630,12 +638,10 @@ class PolicyLearner:
                 )
                 if version is None:
                     raise _Refused("a newer snapshot exists")
-                if self._learned_seqs:
-                    connection.execute(
-                        insert(LearnedDecision),
-                        [{"policy_name": self.name, "seq": seq, "reward": reward, "snapshot_version": version}
-                         for seq, reward in self._learned_seqs],
-                    )
+                # the ledger rows go in through the DBAPI cursor on SQLite: the log's write lock is held
+                append_rows(connection, LearnedDecision.__table__,
+                            [{"policy_name": self.name, "seq": seq, "reward": reward, "snapshot_version": version}
+                             for seq, reward in self._learned_seqs])
         except (_Refused, IntegrityError) as error:
             log.warning("snapshot of %s refused (%s); reloading the newest version", self.name, error)
             self.load()
@@ -816,34 +822,47 @@ class Learner:
 
 
 async def startup(app: Any) -> None:
-    """Start the embedded learner in a background thread when ``settings.embedded_learner``."""
+    """Start the embedded learner when ``settings.embedded_learner``: ``slotbandit learn`` as a
+    child process of this worker.
+
+    A process, not a thread: VW holds the GIL while it learns, and a learner thread put the
+    p99 of a decision at 84 ms at 1,000 decisions/s (``benchmarks/decide.py --learner``).
+    Serving workers load its snapshots through their registry poll. The child leaves when this
+    process does, even after a SIGKILL (``--exit-with-parent``); leases keep one learner per
+    policy when several workers each start one. It runs at nice 10: when the cores are busy the
+    decisions go first and learning catches up after.
+    """
     settings: ServiceSettings = app.state.settings
     if not settings.embedded_learner:
         return
-    registry = app.state.registry
-
-    def refresh(_name: str, _version: int) -> None:
-        try:
-            registry.refresh()  # serve the new model at once in this process
-        except Exception:  # noqa: BLE001
-            log.exception("registry refresh after a snapshot failed")
-
-    learner = Learner(app.state.engine, LearnerSettings.from_env(), on_snapshot=refresh)
-    stop = threading.Event()
-    thread = threading.Thread(target=learner.run, args=(stop,), name="learner", daemon=True)
-    thread.start()
-    app.state.update(learner=learner, learner_stop=stop, learner_thread=thread)
+    env = {**os.environ, "SLOTBANDIT_DATABASE_URL": settings.database_url, "SLOTBANDIT_AUTO_MIGRATE": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "learn", "--exit-with-parent", str(os.getpid()), "--nice", "10",
+         "--log-level", "warning"],
+        env=env,
+    )
+    app.state.update(learner_process=process)
 
 
 async def shutdown(app: Any) -> None:
     import asyncio
 
-    stop: threading.Event | None = getattr(app.state, "learner_stop", None)
-    thread: threading.Thread | None = getattr(app.state, "learner_thread", None)
-    if stop is None or thread is None:
+    process: subprocess.Popen[bytes] | None = getattr(app.state, "learner_process", None)
+    if process is None or process.poll() is not None:
         return
-    stop.set()
-    await asyncio.to_thread(thread.join, 60.0)
+    process.terminate()  # the learner finishes its step, writes its snapshots, releases its leases
+    try:
+        await asyncio.to_thread(process.wait, 60.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait, 10.0)
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        if os.getppid() != parent:
+            log.warning("the server process %d is gone: the embedded learner stops", parent)
+            stop.set()
 
 
 def _learn_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
@@ -851,6 +870,8 @@ def _learn_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.nice:
+        os.nice(args.nice)
     if settings.auto_migrate:
         migrate(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -862,6 +883,9 @@ def _learn_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
             print(f"learned {report.learned}, skipped {report.skipped}, snapshots {report.snapshots}")
             return 0
         stop = threading.Event()
+        if args.exit_with_parent:
+            threading.Thread(target=_watch_parent, args=(args.exit_with_parent, stop), name="parent-watch",
+                             daemon=True).start()
 
         def on_signal(signum: int, _frame: object) -> None:
             log.info("signal %d: finishing the current step", signum)
@@ -882,4 +906,8 @@ def add_commands(subparsers: Any, command: Callable[[str], Callable[[Any], Any]]
     learn.add_argument("--policy", action="append", help="learn only this policy (repeatable)")
     learn.add_argument("--once", action="store_true", help="learn what is ready, snapshot, and exit")
     learn.add_argument("--log-level", default="info")
+    learn.add_argument("--nice", type=int, default=0, choices=range(0, 20), metavar="0-19",
+                       help="lower this process's CPU priority (the embedded learner uses 10)")
+    learn.add_argument("--exit-with-parent", type=int, metavar="PID",
+                       help="stop when process PID is gone (the server that started this learner)")
     command("learn")(_learn_command)

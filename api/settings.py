@@ -68,7 +68,7 @@ class ServiceSettings:
     checkpoint_interval_s: float = 1.0
     """How often a worker copies the SQLite write-ahead log into the database (off the request path)."""
     embedded_learner: bool = True
-    """Run the learner inside the server process (one-process set-up)."""
+    """Start the learner (`slotbandit learn`) as a child process of each server worker (one-command set-up)."""
     auto_migrate: bool = True
     """Upgrade the database schema when the server starts."""
     demo: bool = False

@@ -205,6 +205,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="paced rate for the latency run")
     parser.add_argument("--profile", action="store_true", help="py-spy the server during the throughput run")
     parser.add_argument("--profile-out", default="decide-profile.txt", help="where --profile keeps the raw samples")
+    parser.add_argument("--learner", action="store_true",
+                        help="serve with the embedded learner, learning every decision during the run (1 s reward window)")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -225,8 +227,12 @@ def main() -> int:
     port = free_port()
     env = {**os.environ, "SLOTBANDIT_DATABASE_URL": url, "SLOTBANDIT_SECRET": "bench",
            "SLOTBANDIT_SECRET_FILE": str(workdir / "secret"), "SLOTBANDIT_RELOAD_INTERVAL_S": "0.5"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "slotbandit"), "serve", "--port", str(port), "--no-learner",
-                               "--workers", str(args.workers)],
+    serve = [str(Path(sys.executable).parent / "slotbandit"), "serve", "--port", str(port), "--workers", str(args.workers)]
+    if not args.learner:
+        serve.append("--no-learner")
+    else:  # learn every decision during the run: a 1 s reward window, a short safety margin
+        env.update(SLOTBANDIT_LEARNER_SAFETY_MARGIN_S="0.2", SLOTBANDIT_LEARNER_POLL_INTERVAL_S="0.5")
+    server = subprocess.Popen(serve,
                               env=env, cwd=workdir)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -237,7 +243,8 @@ def main() -> int:
             except Exception:  # noqa: BLE001
                 time.sleep(0.1)
         with Client(base, admin_key) as admin:
-            admin.put_slot(SLOT, default_block=blocks[0].id, reward_range=[0, 1])
+            admin.put_slot(SLOT, default_block=blocks[0].id, reward_range=[0, 1],
+                           **({"reward_window_s": 1} if args.learner else {}))
             for block in blocks:
                 admin.put_block(SLOT, block.id, dict(block.features))
         with engine.begin() as connection:

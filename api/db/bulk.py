@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Table, insert
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["SqliteAppender"]
+__all__ = ["SqliteAppender", "append_rows"]
 
 _Plan = tuple[str, tuple[tuple[str, Callable[[Any], Any] | None], ...]]
 
@@ -69,3 +69,20 @@ class SqliteAppender:
             plan = (sql, tuple((key, columns[key].type.dialect_impl(dialect).bind_processor(dialect)) for key in keys))
         self._plans[cache_key] = plan
         return plan
+
+
+_appenders: dict[int, SqliteAppender] = {}
+
+
+def append_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` in the current transaction: :class:`SqliteAppender` on SQLite, else ``insert(table)``."""
+    if not rows:
+        return
+    dialect = connection.dialect
+    if dialect.name != "sqlite":
+        connection.execute(insert(table), list(rows))
+        return
+    appender = _appenders.get(id(dialect))
+    if appender is None or appender._dialect is not dialect:
+        appender = _appenders[id(dialect)] = SqliteAppender(dialect)
+    appender.append(connection, table, rows)
