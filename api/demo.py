@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 import time
 
@@ -52,6 +53,10 @@ def run_demo(settings: ServiceSettings, *, host: str, port: int, events: int, ex
     from bandits.simulation import World
 
     settings = dataclasses.replace(settings, demo=True, embedded_learner=True)
+    # A demo audience is small and quick: snapshot often so the served model visibly improves
+    # within the run (the learner child reads these; a value already set wins).
+    os.environ.setdefault("SLOTBANDIT_LEARNER_SNAPSHOT_EVERY", "250")
+    os.environ.setdefault("SLOTBANDIT_LEARNER_SNAPSHOT_INTERVAL_S", "3")
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     admin_key = create_key(engine, "admin", "demo")
