@@ -30,10 +30,17 @@ from api import schemas
 from api.auth import KeyStore, require_admin, require_decide
 from api.db import queries
 from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
-from api.db.models import Policy, Slot, utcnow
+from api.db.models import Policy, Slot
 from api.decide import Decider, unit_key
-from api.decide_endpoint import decide_slot, fast_decide, find_decision, serve_decision
 from api.errors import ApiError, exception_handlers
+from api.hot_path import (
+    activate_event,
+    existing_event,
+    fast_call,
+    hot_route,
+    record_reward,
+    serve_decision,
+)
 from api.log_writer import LogWriter
 from api.metrics import Metrics
 from api.periodic import Periodic
@@ -60,59 +67,22 @@ def _state(request: Request) -> State:  # type: ignore[type-arg]
 
 @post("/v1/slots/{slot:str}/decide", guards=[require_decide], status_code=200)
 async def decide(request: Request, slot: FromPath[str]) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
-    """Choose a block for the slot and log the decision (``api.decide_endpoint``; requests without
-    an ``Origin`` header are served there straight from ASGI)."""
+    """Choose a block for the slot and log the decision (``api.hot_path``; requests without an
+    ``Origin`` header are served there straight from ASGI)."""
     client = request.client.host if request.client else None
     return Response(await serve_decision(_state(request), slot, await request.body(), request.headers, client))
 
 
-def _existing_event(state: State, event_id: str) -> dict[str, Any]:
-    if len(event_id) > state.settings.max_id_length:
-        raise ApiError(422, "invalid_request", "event id too long", "event_id")
-    row = state.writer.pending(event_id) or find_decision(state, event_id)
-    if row is None:
-        raise ApiError(404, "unknown_event", f"no decision with event id '{event_id}'", "event_id")
-    return row
-
-
 @post("/v1/events/{event_id:str}/activate", guards=[require_decide], status_code=200)
 async def activate(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
-    body = await request.body()
-    if body:
-        _decode(body, schemas.ActivateRequest)
-    return await record_activation(_state(request), event_id)
-
-
-async def record_activation(state: State, event_id: str) -> dict[str, Any]:
-    """Store an activation of a known event (shared by the API and the browser beacons)."""
-    await asyncio.to_thread(_existing_event, state, event_id)
-    # Rides the group commit; the (unique) event id makes a repeat a no-op.
-    created = await state.writer.append("activation", {"event_id": event_id, "created_at": utcnow()})
-    if created:
-        state.metrics.activations.inc()
-    return {"event_id": event_id, "activated": True, "duplicate": not created}
+    """The block of the event was really shown (``api.hot_path``)."""
+    return await activate_event(_state(request), event_id, await request.body())
 
 
 @post("/v1/events/{event_id:str}/reward", guards=[require_decide], status_code=200)
 async def reward(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    """A reward of the event, stored before the answer (``api.hot_path``)."""
     return await record_reward(_state(request), event_id, await request.body())
-
-
-async def record_reward(state: State, event_id: str, body: bytes) -> dict[str, Any]:
-    """Validate and store a reward of a known event (shared by the API and the browser beacons)."""
-    payload: schemas.RewardRequest = _decode(body, schemas.RewardRequest)
-    row = await asyncio.to_thread(_existing_event, state, event_id)
-    slot = state.registry.slot_by_id(row["slot_id"])
-    if slot is not None and not slot.reward_min <= payload.value <= slot.reward_max:
-        raise ApiError(422, "invalid_request",
-                       f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
-                       "value")
-    created = await state.writer.append(
-        "reward", {"event_id": event_id, "reward_id": payload.reward_id, "value": payload.value, "created_at": utcnow()}
-    )
-    if created:
-        state.metrics.rewards.inc()
-    return {"event_id": event_id, "stored": True, "duplicate": not created}
 
 
 # -- admin API -------------------------------------------------------------------------
@@ -271,7 +241,7 @@ async def get_policy(request: Request, name: FromPath[str]) -> dict[str, Any]:  
 @get("/v1/events/{event_id:str}", guards=[require_admin], sync_to_thread=True)
 def get_event(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
     state = _state(request)
-    row = _existing_event(state, event_id)
+    row = existing_event(state, event_id)
     with state.engine.connect() as connection:
         rewards = queries.rewards_of(connection, event_id)
         activated = queries.activated_at(connection, event_id)
@@ -328,15 +298,16 @@ def _extensions() -> tuple[Any, ...]:
 
 
 class SlotbanditApp(Litestar):
-    """Litestar, with decide calls from servers answered before routing (``api.decide_endpoint``)."""
+    """Litestar, with decide, activate and reward calls from servers answered before routing
+    (``api.hot_path``)."""
 
-    fast_decide = True
+    fast_path = True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.fast_decide and scope["type"] == "http":
-            slot = decide_slot(scope)
-            if slot is not None and "decider" in self.state:
-                await fast_decide(self.state, scope, receive, send, slot)
+        if self.fast_path and scope["type"] == "http":
+            route = hot_route(scope)
+            if route is not None and "decider" in self.state:
+                await fast_call(self.state, scope, receive, send, route)
                 return
         await super().__call__(scope, receive, send)
 
@@ -410,5 +381,5 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="slotbandit", version="1", path="/schema"),
         request_max_body_size=settings.max_body_bytes,
     )
-    app.fast_decide = settings.fast_decide
+    app.fast_path = settings.fast_path
     return app

@@ -145,7 +145,7 @@ from analysis.experiments import (
     cumulative_series,
     guardrail_checks,
 )
-from api import schemas
+from api import hot_path, schemas
 from api.auth import require_admin
 from api.db.engine import write_lock
 from api.db.experiment_models import Experiment, ExperimentArm, ReportChunk
@@ -2268,20 +2268,16 @@ def _beacon_body(raw: bytes) -> bytes:
 
 @post("/v1/beacon/{event_id:str}/activate", status_code=200)
 async def beacon_activate(request: Request, event_id: FromPath[str], t: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
-    from api import app as core
-
     state = _state(request)
     _check_token(state, event_id, t)
-    return await core.record_activation(state, event_id)
+    return await hot_path.record_activation(state, event_id)
 
 
 @post("/v1/beacon/{event_id:str}/reward", status_code=200)
 async def beacon_reward(request: Request, event_id: FromPath[str], t: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
-    from api import app as core
-
     state = _state(request)
     _check_token(state, event_id, t)
-    return await core.record_reward(state, event_id, _beacon_body(await request.body()))
+    return await hot_path.record_reward(state, event_id, _beacon_body(await request.body()))
 
 
 ROUTES = [post_experiment, get_experiments, get_experiment, post_start, post_stop, get_report,

@@ -1,16 +1,19 @@
-"""``POST /v1/slots/{slot}/decide``: one implementation, reached two ways.
+"""The hot endpoints, one implementation each, reached two ways: decide
+(``POST /v1/slots/{slot}/decide``), activate and reward
+(``POST /v1/events/{event_id}/activate|reward``).
 
-:func:`serve_decision` is the endpoint: decode and bound the body, choose
-(``api.decide.Decider``), await the log commit, build the response. The
-Litestar route in ``api.app`` calls it, so it is in the OpenAPI schema and
-answers browser calls with Litestar's CORS handling. :func:`fast_decide` calls
-it straight from ASGI, ahead of Litestar's router, for every request without an
-``Origin`` header (servers, SDKs, load): a profile of the server under load put
-a fifth of a decision's CPU in Litestar's routing, guard (it copies the route
-handler per call), parameter extraction and response objects. Both ways share
-auth (``api.auth.authorize``), the body bound, the error body
-``{"error", "field", "detail"}`` and the metrics; tests run every decide case
-through both.
+:func:`serve_decision`, :func:`record_activation` and :func:`record_reward`
+are the endpoints: decode and bound the body, act, await the log commit, build
+the response. The Litestar routes in ``api.app`` call them, so they are in the
+OpenAPI schema and answer browser calls with Litestar's CORS handling (the
+beacon routes of ``api.experiments`` call the event ones too). :func:`fast_call`
+calls them straight from ASGI, ahead of Litestar's router, for every request
+without an ``Origin`` header (servers, SDKs, load): a profile of the server
+under load put a fifth of a decision's CPU in Litestar's routing, guard (it
+copies the route handler per call), parameter extraction and response objects.
+Both ways share auth (``api.auth.authorize``), the body bound, the error body
+``{"error", "field", "detail"}`` and the metrics; tests run every case of the
+decision API through both.
 """
 
 from __future__ import annotations
@@ -29,18 +32,19 @@ from sqlalchemy import select
 from api import schemas
 from api.auth import DECIDE_SCOPES, authorize, presented_key
 from api.db import queries
-from api.db.models import CatalogVersion
+from api.db.models import CatalogVersion, utcnow
 from api.decide import Decider, response_from_row
 from api.errors import ApiError, error_body
 from api.log_writer import LogWriter
 from api.metrics import Metrics
 from bandits.errors import BanditError
 
-__all__ = ["decide_slot", "fast_decide", "find_decision", "serve_decision"]
+__all__ = ["activate_event", "existing_event", "fast_call", "find_decision", "hot_route", "record_activation",
+           "record_reward", "serve_decision"]
 
 log = logging.getLogger("slotbandit.app")
 
-DECIDE_PATH = re.compile(r"^/v1/slots/([^/]+)/decide$")
+_ROUTES = re.compile(r"^/v1/(?:slots/(?P<slot>[^/]+)/decide|events/(?P<event>[^/]+)/(?P<action>activate|reward))$")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -100,22 +104,68 @@ def _candidate_features(state: Any, row: dict[str, Any]) -> dict[str, Any]:
     return {b["id"]: b.get("features", {}) for b in blocks}
 
 
+def existing_event(state: Any, event_id: str) -> dict[str, Any]:
+    """The logged (or committing) decision of ``event_id``; a 4xx when there is none."""
+    if len(event_id) > state.settings.max_id_length:
+        raise ApiError(422, "invalid_request", "event id too long", "event_id")
+    row = state.writer.pending(event_id) or find_decision(state, event_id)
+    if row is None:
+        raise ApiError(404, "unknown_event", f"no decision with event id '{event_id}'", "event_id")
+    return row
+
+
+async def activate_event(state: Any, event_id: str, body: bytes) -> dict[str, Any]:
+    """``POST /v1/events/{event_id}/activate``: the body is optional."""
+    if body:
+        schemas.decode_request(body, schemas.ActivateRequest)
+    return await record_activation(state, event_id)
+
+
+async def record_activation(state: Any, event_id: str) -> dict[str, Any]:
+    """Store an activation of a known event (shared by the API and the browser beacons)."""
+    await asyncio.to_thread(existing_event, state, event_id)
+    # Rides the group commit; the (unique) event id makes a repeat a no-op.
+    created = await state.writer.append("activation", {"event_id": event_id, "created_at": utcnow()})
+    if created:
+        state.metrics.activations.inc()
+    return {"event_id": event_id, "activated": True, "duplicate": not created}
+
+
+async def record_reward(state: Any, event_id: str, body: bytes) -> dict[str, Any]:
+    """Validate and store a reward of a known event (shared by the API and the browser beacons)."""
+    payload: schemas.RewardRequest = schemas.decode_request(body, schemas.RewardRequest)
+    row = await asyncio.to_thread(existing_event, state, event_id)
+    slot = state.registry.slot_by_id(row["slot_id"])
+    if slot is not None and not slot.reward_min <= payload.value <= slot.reward_max:
+        raise ApiError(422, "invalid_request",
+                       f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
+                       "value")
+    created = await state.writer.append(
+        "reward", {"event_id": event_id, "reward_id": payload.reward_id, "value": payload.value, "created_at": utcnow()}
+    )
+    if created:
+        state.metrics.rewards.inc()
+    return {"event_id": event_id, "stored": True, "duplicate": not created}
+
+
 # -- the ASGI fast path -------------------------------------------------------------------
 
 _encode = msgspec.json.Encoder().encode
 
 
-def decide_slot(scope: Scope) -> str | None:
-    """The slot name when ``scope`` is a decide call the fast path serves, else None."""
+def hot_route(scope: Scope) -> tuple[str, str] | None:
+    """``("decide", slot)``, ``("activate", event_id)`` or ``("reward", event_id)`` when ``scope``
+    is a call the fast path serves, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
-    match = DECIDE_PATH.match(scope["path"])
+    match = _ROUTES.match(scope["path"])
     if match is None:
         return None
     for name, _ in scope["headers"]:
         if name == b"origin":
             return None  # a browser: Litestar's CORS handling answers it
-    return match.group(1)
+    slot = match.group("slot")
+    return ("decide", slot) if slot is not None else (match.group("action"), match.group("event"))
 
 
 async def _read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
@@ -136,8 +186,8 @@ async def _read_body(receive: Receive, limit: int, declared: str | None) -> byte
             return b"".join(chunks)
 
 
-async def fast_decide(state: Any, scope: Scope, receive: Receive, send: Send, slot: str) -> None:
-    """Serve a decide call from ASGI; same contract as the Litestar route."""
+async def fast_call(state: Any, scope: Scope, receive: Receive, send: Send, route: tuple[str, str]) -> None:
+    """Serve a :func:`hot_route` call from ASGI; same contract as the Litestar routes."""
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     try:
         cookies = {}
@@ -145,8 +195,15 @@ async def fast_decide(state: Any, scope: Scope, receive: Receive, send: Send, sl
             cookies = {name: morsel.value for name, morsel in SimpleCookie(headers["cookie"]).items()}
         authorize(state.key_store, presented_key(headers, cookies), DECIDE_SCOPES)
         body = await _read_body(receive, state.settings.max_body_bytes, headers.get("content-length"))
-        client = scope.get("client")
-        status, payload = 200, await serve_decision(state, slot, body, headers, client[0] if client else None)
+        kind, name = route
+        if kind == "decide":
+            client = scope.get("client")
+            payload = await serve_decision(state, name, body, headers, client[0] if client else None)
+        elif kind == "activate":
+            payload = await activate_event(state, name, body)
+        else:
+            payload = await record_reward(state, name, body)
+        status = 200
     except ApiError as error:
         status, payload = error.status, error_body(error.code, error.detail, error.field)
         state.metrics.rejected.labels(error.code).inc()

@@ -54,9 +54,9 @@ class ServiceSettings:
     group_commit_ms: float = 0.0
     """Extra time the log writer waits to gather rows into one transaction. 0: it commits whatever
     queued up while the previous commit ran (batches grow with load, latency stays low)."""
-    fast_decide: bool = True
-    """Serve decide calls without an ``Origin`` header straight from ASGI, ahead of Litestar's
-    router (same contract; see ``api.decide_endpoint``)."""
+    fast_path: bool = True
+    """Serve decide, activate and reward calls without an ``Origin`` header straight from ASGI,
+    ahead of Litestar's router (same contract; see ``api.hot_path``)."""
     commit_in_loop: bool = True
     """On a SQLite file with ``synchronous=NORMAL``: commit the log on the event loop, once per
     loop iteration, instead of in the writer thread (see ``api.log_writer``). Ignored elsewhere."""

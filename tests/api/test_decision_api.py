@@ -18,15 +18,15 @@ IPHONE = (
 
 @pytest.fixture(params=["asgi", "litestar"])
 def service(request: pytest.FixtureRequest, database_url: str, tmp_path):
-    """The app with decide served by the ASGI fast path or by the Litestar route: every test of
-    this module holds for both (``api.decide_endpoint``)."""
+    """The app with decide, activate and reward served by the ASGI fast path or by the Litestar
+    routes: every test of this module holds for both (``api.hot_path``)."""
     from litestar.testing import TestClient
 
     from api.app import create_app
     from tests.conftest import Service, create_keys, make_service_settings
 
     admin_key, decide_key = create_keys(database_url)
-    settings = make_service_settings(database_url, tmp_path, fast_decide=request.param == "asgi")
+    settings = make_service_settings(database_url, tmp_path, fast_path=request.param == "asgi")
     with TestClient(app=create_app(settings)) as client:  # type: ignore[arg-type]
         yield Service(client, admin_key, decide_key, settings, database_url)
 
@@ -320,19 +320,23 @@ def test_the_fast_path_serves_server_calls_and_litestar_serves_browsers(service,
 
     seed_slot(service)
     served = []
-    real = api.app.fast_decide
+    real = api.app.fast_call
 
     async def spy(*args, **kwargs):
         served.append(args[-1])
         await real(*args, **kwargs)
 
-    monkeypatch.setattr(api.app, "fast_decide", spy)
+    monkeypatch.setattr(api.app, "fast_call", spy)
     c = service.client
+    browser_headers = {**service.decider, "Origin": "https://shop.example"}
     plain = c.post("/v1/slots/home.hero/decide", json={"event_id": "e-plain"}, headers=service.decider)
-    browser = c.post("/v1/slots/home.hero/decide", json={"event_id": "e-browser"},
-                     headers={**service.decider, "Origin": "https://shop.example"})
+    browser = c.post("/v1/slots/home.hero/decide", json={"event_id": "e-browser"}, headers=browser_headers)
     assert plain.status_code == browser.status_code == 200
-    assert served == (["home.hero"] if service.settings.fast_decide else [])
+    for event, headers in (("e-plain", service.decider), ("e-browser", browser_headers)):
+        assert c.post(f"/v1/events/{event}/activate", headers=headers).json()["activated"] is True
+        assert c.post(f"/v1/events/{event}/reward", json={"value": 1}, headers=headers).json()["stored"] is True
+    expected = [("decide", "home.hero"), ("activate", "e-plain"), ("reward", "e-plain")]
+    assert served == (expected if service.settings.fast_path else [])
     assert plain.headers["content-type"].startswith("application/json")
     # one contract: the same fields and the same error body either way
     assert plain.json().keys() == browser.json().keys()
@@ -340,7 +344,14 @@ def test_the_fast_path_serves_server_calls_and_litestar_serves_browsers(service,
     assert bad.status_code == 400 and bad.json()["field"] == "consent" and set(bad.json()) == {"error", "field", "detail"}
     unknown = c.post("/v1/slots/nope/decide", json={}, headers=service.decider)
     assert unknown.status_code == 404 and unknown.json()["field"] == "slot"
-    assert 'slotbandit_rejected_requests_total{code="unknown_slot"} 1.0' in c.get("/metrics").text
+    no_event = c.post("/v1/events/nope/reward", json={"value": 1}, headers=service.decider)
+    assert no_event.status_code == 404 and no_event.json()["field"] == "event_id"
+    bad_activation = c.post("/v1/events/e-plain/activate", content=b"[1]", headers=service.decider)
+    assert bad_activation.status_code == 400
+    metrics = c.get("/metrics").text
+    assert 'slotbandit_rejected_requests_total{code="unknown_slot"} 1.0' in metrics
+    assert 'slotbandit_rejected_requests_total{code="unknown_event"} 1.0' in metrics
+    assert "slotbandit_rewards_total 2.0" in metrics and "slotbandit_activations_total 2.0" in metrics
 
 
 def test_an_admin_cookie_may_decide_on_both_paths(service) -> None:
