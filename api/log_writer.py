@@ -98,12 +98,15 @@ class LogWriter:
         with self._lock:
             return self._pending.get(event_id)
 
-    def _enqueue(self, item: _Item) -> None:
+    def _register(self, item: _Item) -> None:
         if self._stopped:
             raise RuntimeError("the log writer is stopped")
         if item.kind == "decision":
             with self._lock:
                 self._pending[item.row["event_id"]] = item.row
+
+    def _enqueue(self, item: _Item) -> None:
+        self._register(item)
         self._queue.put(item)
 
     async def append(self, kind: Kind, row: dict[str, Any]) -> bool:
@@ -112,11 +115,7 @@ class LogWriter:
         future: asyncio.Future[bool] = loop.create_future()
         item = _Item(kind, row, future=future)
         if self._commit_in_loop:
-            if self._stopped:
-                raise RuntimeError("the log writer is stopped")
-            if kind == "decision":
-                with self._lock:
-                    self._pending[row["event_id"]] = row
+            self._register(item)
             self._loop_batch.append(item)
             if len(self._loop_batch) == 1:
                 # after the handlers already scheduled in this iteration: they join the batch
