@@ -1,7 +1,11 @@
 """The Litestar application: v1 decision API, admin API, health and metrics.
 
-Thin shell: handlers decode and bound the request, call ``api.decide`` /
-``api.db.queries`` and turn errors into 4xx responses (``api.errors``).
+Thin shell: handlers decode and bound the request, call ``api.hot_path`` (decide,
+activate, reward) / ``api.db.queries`` and turn errors into 4xx responses
+(``api.errors``). :class:`SlotbanditApp` answers the hot calls of servers straight
+from ASGI before Litestar routes anything; the lifespan builds the shared state
+(engine, registry, log writer, decider), starts the pollers and the WAL
+checkpointer, and freezes start-up objects out of the garbage collector's sight.
 """
 
 from __future__ import annotations
