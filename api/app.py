@@ -355,13 +355,15 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         gc.collect()
         gc.freeze()
         poller = Periodic("registry-refresh", settings.reload_interval_s, registry.refresh).start()
-        checkpointer = Periodic("wal-checkpoint", settings.checkpoint_interval_s, lambda: checkpoint(engine)).start()
+        checkpointer = (Periodic("wal-checkpoint", settings.checkpoint_interval_s, lambda: checkpoint(engine)).start()
+                        if engine.dialect.name == "sqlite" else None)
         try:
             yield
         finally:
             gc.unfreeze()  # an app that stops (tests, the demo) leaves its objects collectable
             await asyncio.to_thread(poller.stop)
-            await asyncio.to_thread(checkpointer.stop)
+            if checkpointer is not None:
+                await asyncio.to_thread(checkpointer.stop)
             for module in reversed(extensions):
                 if hasattr(module, "shutdown"):
                     await module.shutdown(app)

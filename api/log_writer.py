@@ -36,10 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, Table, insert
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.exc import IntegrityError
 
-from api.db.bulk import SqliteAppender
+from api.db.bulk import append_rows
 from api.db.engine import try_write_lock, write_lock
 from api.db.models import Activation, Decision, Reward
 
@@ -79,7 +79,6 @@ class LogWriter:
     def __init__(self, engine: Engine, *, gather_ms: float = 0.0, max_batch: int = 500,
                  on_batch: Callable[[int, str, float], None] | None = None, commit_in_loop: bool = False) -> None:
         self._engine = engine
-        self._appender = SqliteAppender(engine.dialect) if engine.dialect.name == "sqlite" else None
         self._commit_in_loop = commit_in_loop
         self._loop_batch: list[_Item] = []
         self._loop_connection: Connection | None = None
@@ -255,15 +254,13 @@ class LogWriter:
         with write_lock(self._engine), self._engine.begin() as connection:
             self._insert_rows(connection, items)
 
-    def _insert_rows(self, connection: Connection, items: list[_Item]) -> None:
+    @staticmethod
+    def _insert_rows(connection: Connection, items: list[_Item]) -> None:
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_kind.setdefault(item.kind, []).append(item.row)
         # decisions first: a reward in the same batch may belong to one of them
         for kind in ("decision", "activation", "reward"):
             if kind in by_kind:
-                if self._appender is not None:
-                    self._appender.append(connection, _TABLES[kind], by_kind[kind])
-                else:
-                    connection.execute(insert(_TABLES[kind]), by_kind[kind])
+                append_rows(connection, _TABLES[kind], by_kind[kind])
 

@@ -14,6 +14,7 @@ column with a Python-side default (which SQLAlchemy would fill) falls back to
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,7 +72,8 @@ class SqliteAppender:
         return plan
 
 
-_appenders: dict[int, SqliteAppender] = {}
+# one appender (its compiled plans) per engine's dialect, gone with the engine
+_appenders: weakref.WeakKeyDictionary[Dialect, SqliteAppender] = weakref.WeakKeyDictionary()
 
 
 def append_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -82,7 +84,7 @@ def append_rows(connection: Connection, table: Table, rows: Sequence[dict[str, A
     if dialect.name != "sqlite":
         connection.execute(insert(table), list(rows))
         return
-    appender = _appenders.get(id(dialect))
-    if appender is None or appender._dialect is not dialect:
-        appender = _appenders[id(dialect)] = SqliteAppender(dialect)
+    appender = _appenders.get(dialect)
+    if appender is None:
+        appender = _appenders[dialect] = SqliteAppender(dialect)
     appender.append(connection, table, rows)

@@ -144,10 +144,7 @@ def make_engine(url: str, *, background_checkpoint: bool = False) -> Engine:
 
 
 def checkpoint(engine: Engine) -> None:
-    """Copy committed WAL pages of a SQLite file into the database without blocking writers
-    (PASSIVE); a no-op elsewhere."""
-    if engine.dialect.name != "sqlite":
-        return
+    """Copy committed WAL pages of a SQLite file into the database without blocking writers (PASSIVE)."""
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
