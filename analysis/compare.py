@@ -21,7 +21,7 @@ neutral result: p = 1 when the difference is 0, note ``"zero_variance"``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +40,7 @@ from analysis.estimators import (
 from analysis.intervals import check_level
 from analysis.log import BanditLog
 
-__all__ = ["Comparison", "compare", "paired_difference"]
+__all__ = ["Comparison", "compare", "holm_adjusted", "paired_difference"]
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,19 @@ def compare(
     rr = _check_reward_range(reward_range)
     estimator = make_estimator(method, reward_model, n_folds, switch_tau)
     base = estimator.contributions(data, _check_target(data, baseline), rr, seed).values
-    results = [
+    return holm_adjusted([
         paired_difference(
             estimator.contributions(data, _check_target(data, pmf), rr, seed).values,
             base, level, test, candidate_name=name, baseline_name=baseline_name, method=method,
         )
         for name, pmf in candidates.items()
-    ]
+    ], level)
+
+
+def holm_adjusted(results: Sequence[Comparison], level: float) -> tuple[Comparison, ...]:
+    """The family of comparisons with Holm-adjusted p-values and rejections at ``1 - level``."""
+    if not results:
+        return ()
     pvals = np.array([r.p_value for r in results])
     if len(results) == 1:
         # a family of one needs no adjustment (and multipletests runs gc.collect(): ~0.1 s)

@@ -74,9 +74,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from statsmodels.stats.multitest import multipletests
 
-from analysis.compare import Comparison, paired_difference
+from analysis.compare import Comparison, holm_adjusted, paired_difference
 from analysis.estimators import (
     INTERVALS,
     METHODS,
@@ -656,24 +655,11 @@ def evaluate(
 def _paired(values: Mapping[str, np.ndarray], level: float, method: str) -> tuple[Comparison, ...]:
     """Every policy minus ``online`` on the same events; Holm across the family (Holm 1979)."""
     base = values["online"]
-    results = [
+    return holm_adjusted([
         paired_difference(c, base, level, candidate_name=name, baseline_name="online", method=method)
         for name, c in values.items()
         if name != "online"
-    ]
-    if not results:
-        return ()
-    pvals = np.array([r.p_value for r in results])
-    if len(results) == 1:
-        reject, adjusted = pvals < 1.0 - level, pvals
-    else:
-        # Holm step-down; method passed explicitly (statsmodels' default is holm-sidak)
-        reject, adjusted, _, _ = multipletests(pvals, alpha=1.0 - level, method="holm")
-    return tuple(
-        Comparison(r.candidate, r.baseline, r.difference, r.stderr, r.ci_low, r.ci_high, r.level, r.p_value,
-                   float(adjusted[i]), bool(reject[i]), r.n, r.method, r.test, r.note)
-        for i, r in enumerate(results)
-    )
+    ], level)
 
 
 _RATIO_METHODS = ("snips", "replay")
