@@ -150,6 +150,7 @@ from api.auth import require_admin
 from api.db.engine import write_lock
 from api.db.experiment_models import Experiment, ExperimentArm, ReportChunk
 from api.db.models import CatalogVersion, Decision, Policy, Reward, Slot, Snapshot, utcnow
+from api.db.queries import JsonMemo
 from api.decide import ArmAssignment, event_token
 from api.errors import ApiError
 from api.periodic import Periodic
@@ -1649,21 +1650,6 @@ def _by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStat
 # ----------------------------------------------------------------------------- offline section
 
 
-class _JsonMemo:
-    """JSON text -> value with msgspec, once per distinct text (callers must not mutate the values)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def __call__(self, text_: str | None) -> Any:
-        if text_ is None:
-            return None
-        value = self.values.get(text_)
-        if value is None:
-            value = self.values[text_] = msgspec.json.decode(text_)
-        return value
-
-
 @dataclass(frozen=True)
 class _OfflineInputs:
     """The offline section's sample of logged decisions with every arm's target pmf (no rewards yet)."""
@@ -1719,7 +1705,7 @@ def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping
                 CatalogVersion.slot_id == slot["id"], CatalogVersion.version == version)).scalar_one_or_none() or []
             catalogs[version] = {b["id"]: Candidate(b["id"], b.get("features", {})) for b in blocks}
         choosers = {arm["name"]: _chooser(policies, arm["policy"], connection) for arm in experiment["arms"]}
-    decode = _JsonMemo()
+    decode = JsonMemo()
     n = len(rows)
     # candidate sets: (catalog version, inline text, ids text) -> index; their candidates, ids and VW cache key
     set_index: dict[tuple[Any, ...], int] = {}

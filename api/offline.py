@@ -56,7 +56,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
-import msgspec
 from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery
 from msgspec import Meta, Struct
@@ -70,7 +69,7 @@ from api import schemas
 from api.auth import require_admin
 from api.db.evaluation_models import StoredEvaluation
 from api.db.models import Activation, Decision, Policy, Reward, Slot
-from api.db.queries import upsert_policy
+from api.db.queries import JsonMemo, upsert_policy
 from api.errors import ApiError
 from api.learner import (
     LearnerSettings,
@@ -197,7 +196,7 @@ def load_log(
     records: list[dict[str, Any]] = []
     missing = open_windows = 0
     bare: dict[tuple[str, ...], tuple[Candidate, ...]] = {}
-    decode = _JsonMemo()
+    decode = JsonMemo(200_000, float_lists=True)
     candidate_sets: dict[tuple[Any, ...], tuple[tuple[Candidate, ...] | None, list[str]]] = {}
     for row in rows:
         created = _aware(row.created_at)
@@ -246,26 +245,6 @@ class _Row(NamedTuple):
     catalog_version: int | None
     inline_candidates: list[Any] | None
     candidate_ids: list[str]
-
-
-class _JsonMemo:
-    """JSON text -> value with msgspec, once per distinct text (callers must not mutate the values)."""
-
-    def __init__(self, size: int = 200_000) -> None:
-        self.size = size
-        self.values: dict[str, Any] = {}
-
-    def __call__(self, text: str | None) -> Any:
-        if text is None:
-            return None
-        value = self.values.get(text)
-        if value is None:
-            value = msgspec.json.decode(text)
-            if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
-                value = [float(v) for v in value]
-            if len(self.values) < self.size:
-                self.values[text] = value
-        return value
 
 
 def read_log_file(path: str) -> BanditLog:

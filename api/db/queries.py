@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from api.db.experiment_models import ReportChunk
 from api.db.models import Activation, Block, CatalogVersion, Decision, Policy, Reward, Slot, utcnow
 
 __all__ = [
+    "JsonMemo",
     "deactivate_block",
     "erase_unit",
     "find_decision",
@@ -21,6 +23,32 @@ __all__ = [
 ]
 
 _decisions = Decision.__table__
+
+
+class JsonMemo:
+    """Stored JSON text -> value with msgspec, decoded once per distinct text (callers must not mutate
+    the values): log readers meet the same candidate sets, pmfs and contexts over and over.
+
+    ``size`` bounds how many values are kept (None: all); ``float_lists`` turns lists of numbers into
+    lists of floats (a pmf stored as ``[1, 0]`` reads as ``[1.0, 0.0]``).
+    """
+
+    def __init__(self, size: int | None = None, *, float_lists: bool = False) -> None:
+        self.size = size
+        self.float_lists = float_lists
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        value = self.values.get(text)
+        if value is None:
+            value = msgspec.json.decode(text)
+            if self.float_lists and isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+                value = [float(v) for v in value]
+            if self.size is None or len(self.values) < self.size:
+                self.values[text] = value
+        return value
 
 
 def upsert_policy(connection: Connection, name: str, kind: str, config: dict[str, Any]) -> bool:
