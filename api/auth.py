@@ -7,6 +7,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
+from http.cookies import SimpleCookie
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -63,15 +64,20 @@ class KeyStore:
         return scope
 
 
-def presented_key(headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
-    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``, or the admin cookie."""
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``, or the admin cookie
+    (the Cookie header is parsed only when neither header is there)."""
     header = headers.get("authorization")
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
     key = headers.get("x-api-key")
     if key:
         return key.strip()
-    return cookies.get(ADMIN_COOKIE) or None
+    cookie = headers.get("cookie")
+    if not cookie:
+        return None
+    morsel = SimpleCookie(cookie).get(ADMIN_COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
 
 
 def authorize(store: KeyStore, key: str | None, allowed: tuple[str, ...]) -> None:
@@ -91,8 +97,8 @@ DECIDE_SCOPES = ("decide", "admin")
 # Async on purpose: Litestar runs sync guards in a worker thread, a thread hop per request.
 # A cache miss does one indexed lookup; keys are few and cached for ttl_s.
 async def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
-    authorize(connection.app.state.key_store, presented_key(connection.headers, connection.cookies), DECIDE_SCOPES)
+    authorize(connection.app.state.key_store, presented_key(connection.headers), DECIDE_SCOPES)
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
-    authorize(connection.app.state.key_store, presented_key(connection.headers, connection.cookies), ("admin",))
+    authorize(connection.app.state.key_store, presented_key(connection.headers), ("admin",))

@@ -23,7 +23,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from http.cookies import SimpleCookie
 from typing import Any
 
 import msgspec
@@ -190,10 +189,7 @@ async def fast_call(state: Any, scope: Scope, receive: Receive, send: Send, rout
     """Serve a :func:`hot_route` call from ASGI; same contract as the Litestar routes."""
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     try:
-        cookies = {}
-        if "cookie" in headers and "authorization" not in headers and "x-api-key" not in headers:
-            cookies = {name: morsel.value for name, morsel in SimpleCookie(headers["cookie"]).items()}
-        authorize(state.key_store, presented_key(headers, cookies), DECIDE_SCOPES)
+        authorize(state.key_store, presented_key(headers), DECIDE_SCOPES)
         body = await _read_body(receive, state.settings.max_body_bytes, headers.get("content-length"))
         kind, name = route
         if kind == "decide":
