@@ -93,13 +93,16 @@ def _keys(args: argparse.Namespace, settings: ServiceSettings) -> int:
     return 0
 
 
+MAX_RETENTION_DAYS = 36_500  # a century: past it the cutoff date would overflow
+
+
 @command("purge")
 def _purge(args: argparse.Namespace, settings: ServiceSettings) -> int:
     from api.db.engine import make_engine
     from api.db.queries import purge_older_than
 
-    if not args.older_than >= 0:
-        print("--older-than must be a number of days >= 0", file=sys.stderr)
+    if not 0 <= args.older_than <= MAX_RETENTION_DAYS:  # also refuses nan and inf
+        print(f"--older-than must be a number of days within [0, {MAX_RETENTION_DAYS:,}]", file=sys.stderr)
         return 2
     engine = make_engine(settings.database_url)
     try:

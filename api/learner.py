@@ -447,6 +447,11 @@ class PolicyLearner:
     def unsaved(self) -> int:
         return self.totals.learned - self._saved.learned
 
+    @property
+    def dirty(self) -> bool:
+        """Something to snapshot: decisions learned, or the cursor moved over skipped ones."""
+        return self.unsaved > 0 or self.cursor != self.snapshot_cursor
+
     # -- learning
 
     def step(self, now: datetime, slots: Mapping[int, SlotRules], catalogs: _CatalogCache) -> StepReport:
@@ -616,15 +621,16 @@ class PolicyLearner:
 
     def _maybe_snapshot(self, now: datetime, report: StepReport) -> StepReport:
         due = self.unsaved >= self.settings.snapshot_every or (
-            self.unsaved > 0 and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+            self.dirty and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
         )
         if due and self.snapshot(now) is not None:
             return StepReport(report.learned, report.skipped, report.snapshots + 1, report.waiting)
         return report
 
     def snapshot(self, now: datetime | None = None) -> int | None:
-        """Write model + cursor + metrics as the next version in one transaction; None if refused."""
-        if self.unsaved == 0:
+        """Write model + cursor + metrics as the next version in one transaction; None if refused
+        (or when nothing changed: neither learned decisions nor a cursor moved over skipped ones)."""
+        if not self.dirty:
             return None
         now = datetime.now(UTC)  # leases run on the wall clock, whatever clock the step judged readiness by
         model = self.model.save()

@@ -44,11 +44,11 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post, put
 from litestar.params import FromPath, FromQuery
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import require_admin
-from api.db.learning_models import LearnerLease
+from api.db.learning_models import LearnedDecision, LearnerLease
 from api.db.models import Decision, Policy, Snapshot
 from api.errors import ApiError
 from api.learner import LearnerSettings, append_snapshot, count_late_rewards, latest_snapshot
@@ -161,11 +161,13 @@ def _append(engine: Engine, name: str, model: bytes, metrics: dict[str, Any], ke
                 carried.pop("window", None)
                 carried.update(metrics, based_on=latest.version if latest else 0,
                                at=datetime.now(UTC).isoformat())
-                version = append_snapshot(
-                    connection, name, model, latest.cursor if (latest and cursor is None) else (cursor or 0),
-                    carried, keep=keep,
-                )
+                position = latest.cursor if (latest and cursor is None) else (cursor or 0)
+                version = append_snapshot(connection, name, model, position, carried, keep=keep)
                 assert version is not None
+                # The log past the new cursor will be learned again into this model: the ledger
+                # (one row per learned decision) forgets it, or the relearning would be refused.
+                connection.execute(delete(LearnedDecision).where(
+                    LearnedDecision.policy_name == name, LearnedDecision.seq > position))
                 return version
         except IntegrityError:
             continue  # the learner wrote the same version number at the same moment: take the next one

@@ -112,6 +112,8 @@ class Decision(Base):
         Index("ix_decisions_slot_seq", "slot_id", "seq"),
         Index("ix_decisions_unit_key", "unit_key"),
         Index("ix_decisions_created_at", "created_at"),
+        # SQLite: never hand out a position again after a purge (migration 0007)
+        {"sqlite_autoincrement": True},
     )
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(256), unique=True)
@@ -156,6 +158,7 @@ class Reward(Base):
     __table_args__ = (
         UniqueConstraint("event_id", "reward_id", name="uq_rewards_event_reward"),
         Index("ix_rewards_event_id", "event_id"),
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(256))

@@ -228,7 +228,9 @@ def test_logging_only_and_fallbacks_learn_nothing(service, learner_for) -> None:
         reward(service, decide(service)["event_id"], 1.0)
     learner = learner_for()
     report = learner.run_until_idle(later(10))
-    assert (report.learned, report.skipped, report.snapshots) == (0, 5, 0)
+    # one snapshot that learned nothing: it only carries the cursor past the skipped decisions
+    assert (report.learned, report.skipped, report.snapshots) == (0, 5, 1)
+    assert latest_metrics(service.database_url)["trained"] is False
     assert ledger(service.database_url) == {}
 
 
@@ -432,3 +434,84 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path, n: int, last
             assert policy > best_fixed + 0.01
         metrics = latest_metrics(sqlite_url)
         assert metrics["decisions_learned"] == n
+
+
+# --------------------------------------------------------------------------- cursor edge cases (hardening)
+
+
+def test_a_policy_whose_decisions_are_all_skipped_still_advances_its_cursor(service, learner_for, engine) -> None:
+    seed(service, learning_mode="logging-only", reward_window_s=5)
+    for _ in range(7):
+        decide(service)
+    learner_for().run_until_idle(later(10))
+    with engine.connect() as connection:
+        top = connection.execute(select(func.max(Decision.seq))).scalar_one()
+        cursor = connection.execute(select(Snapshot.cursor).order_by(Snapshot.version.desc()).limit(1)).scalar_one()
+    assert cursor == top  # a restarted learner starts after them instead of re-reading them forever
+    assert latest_metrics(service.database_url)["skipped"] == {"logging_only": 7}
+    status = service.client.get(f"/v1/policies/{SLOT}/learning", headers=service.admin).json()
+    assert status["decisions_pending"] == 0
+    fresh = learner_for()
+    assert fresh.run_until_idle(later(10)).processed == 0  # nothing re-read
+
+
+def test_reset_from_start_with_the_ledger_relearns_the_log_once(service, learner_for) -> None:
+    seed(service, reward_window_s=5)
+    for _ in range(20):
+        decide(service)
+    learner = learner_for()
+    assert learner.run_until_idle(later(10)).learned == 20
+    r = service.client.post(f"/v1/policies/{SLOT}/reset", json={"from_start": True}, headers=service.admin)
+    assert r.status_code == 201, r.text
+    for _ in range(5):
+        decide(service)
+    report = learner.run_until_idle(later(10))
+    assert report.learned == 25 and report.snapshots >= 1  # not refused on the ledger's keys
+    state = learner.policies[SLOT]
+    assert state.totals.learned == 25 and state.cursor == seq_of(service.database_url, decide(service)["event_id"]) - 1
+    assert len(ledger(service.database_url)) == 25
+
+
+def test_log_positions_are_never_reused_after_a_purge(service, learner_for, engine) -> None:
+    from api.db.queries import purge_older_than
+
+    seed(service, reward_window_s=5)
+    first = [decide(service)["event_id"] for _ in range(10)]
+    learner = learner_for()
+    assert learner.run_until_idle(later(10)).learned == 10
+    top = seq_of(service.database_url, first[-1])
+    assert purge_older_than(engine, 0.0, now=later(1))["decisions"] == 10
+    again = [decide(service)["event_id"] for _ in range(11)]
+    assert seq_of(service.database_url, again[0]) > top
+    assert learner.run_until_idle(later(10)).learned == 11  # none silently skipped under the old cursor
+
+
+def test_migration_0007_keeps_the_log_and_stops_position_reuse(sqlite_url) -> None:
+    """A SQLite log written at 0006 is rebuilt with AUTOINCREMENT: rows, positions and indexes kept, and a
+    position freed by a purge is never handed out again."""
+    from sqlalchemy import delete, inspect
+
+    from api.db.engine import migrate
+
+    migrate(sqlite_url, "0006")
+    engine = make_engine(sqlite_url)
+    try:
+        row = dict(slot_id=1, policy_name="p", policy_kind="vw", model_version=0, trained=False, learning_mode="online",
+                   candidate_ids=["a"], pmf=[1.0], chosen_index=0, chosen_block="a", probability=1.0, context={},
+                   consent=True, deferred=False, fallback=False, created_at=datetime.now(UTC))
+        with engine.begin() as connection:
+            for i in range(5):
+                connection.execute(insert(Decision.__table__).values(event_id=f"e{i}", **row))
+        before_indexes = {ix["name"] for ix in inspect(engine).get_indexes("decisions")}
+        engine.dispose()
+        migrate(sqlite_url)
+        engine = make_engine(sqlite_url)
+        with engine.begin() as connection:
+            kept = connection.execute(select(Decision.seq, Decision.event_id).order_by(Decision.seq)).all()
+            assert [tuple(r) for r in kept] == [(i + 1, f"e{i}") for i in range(5)]
+            connection.execute(delete(Decision.__table__))
+            connection.execute(insert(Decision.__table__).values(event_id="new", **row))
+            assert connection.execute(select(Decision.seq).where(Decision.event_id == "new")).scalar_one() == 6
+        assert {ix["name"] for ix in inspect(engine).get_indexes("decisions")} == before_indexes
+    finally:
+        engine.dispose()

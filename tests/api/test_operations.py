@@ -76,6 +76,11 @@ def test_purge_deletes_only_what_is_past_retention(service, capsys) -> None:
             assert connection.execute(select(func.count()).select_from(Decision)).scalar_one() == 2
             kept = {e for (e,) in connection.execute(select(Reward.event_id))}
         assert kept == set(events[2:])
+        for bad in ("inf", "1e10", "nan", "-1"):  # refused with a message, not a traceback; nothing deleted
+            assert main(["--database-url", service.database_url, "purge", f"--older-than={bad}"]) == 2
+            assert "--older-than must be a number of days within [0, 36,500]" in capsys.readouterr().err
+        with engine.connect() as connection:
+            assert connection.execute(select(func.count()).select_from(Decision)).scalar_one() == 2
     finally:
         engine.dispose()
 
