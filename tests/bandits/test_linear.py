@@ -84,7 +84,7 @@ def test_online_posterior_mean_equals_batch_ridge(config: LinearConfig) -> None:
 
 def test_posterior_is_not_trivial() -> None:
     # the exactness test compares something: blocks differ, the shared part is used
-    beta, thetas = _trained(LinearConfig(shared_dim=16)).posterior_mean()
+    beta, thetas = _trained(LinearConfig(shared=True, shared_dim=16)).posterior_mean()
     assert np.abs(beta).max() > 0.01
     assert np.abs(thetas["b0"] - thetas["b1"]).max() > 0.01
 
@@ -176,13 +176,13 @@ def _new_block_world(config: LinearConfig) -> tuple[LinearPolicy, list[Candidate
 
 
 def test_new_blocks_share_is_bounded_and_at_least_their_floor() -> None:
-    free, candidates, context = _new_block_world(LinearConfig(gamma_scale=1.0, floor=0.01))
+    free, candidates, context = _new_block_world(LinearConfig(shared=True, gamma_scale=1.0, floor=0.01))
     unbounded = free.pmf(context, candidates)
     # the shared part makes the new twin of the best block look better than a featureless block
     assert free.scores(context, candidates)[3] > free.scores(context, candidates)[4] + 0.05
     assert unbounded[3] + unbounded[4] > 0.2
     capped, _, _ = _new_block_world(
-        LinearConfig(gamma_scale=1.0, floor=0.01, new_block_share=0.1, new_block_min_examples=20)
+        LinearConfig(shared=True, gamma_scale=1.0, floor=0.01, new_block_share=0.1, new_block_min_examples=20)
     )
     pmf = capped.pmf(context, candidates)
     assert pmf[3] + pmf[4] == pytest.approx(0.1, abs=1e-12)
