@@ -50,9 +50,10 @@ from api.metrics import Metrics
 from api.periodic import Periodic
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
+from bandits.choosers import build_chooser, check_against_catalog
 from bandits.context import RequestFacts, derive_context
 from bandits.features import validate_features
-from bandits.policies import PolicyConfig, VWConfig, build_chooser, check_against_catalog
+from bandits.policies import PolicyConfig, VWConfig
 
 __all__ = ["create_app"]
 

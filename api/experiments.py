@@ -155,9 +155,10 @@ from api.decide import ArmAssignment, event_token
 from api.errors import ApiError
 from api.periodic import Periodic
 from api.registry import SlotState
+from bandits.choosers import build_chooser, check_against_catalog
 from bandits.context import DAYPARTS, DEVICE_TYPES
 from bandits.errors import InvalidPolicy
-from bandits.policies import Candidate, PolicyConfig, VWConfig, build_chooser, check_against_catalog
+from bandits.policies import Candidate, PolicyConfig, VWConfig
 
 __all__ = [
     "ROUTES",

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from api.db.models import CatalogVersion, Policy, Slot, Snapshot
-from bandits.policies import Candidate, Chooser, PolicyConfig, build_chooser
+from bandits.choosers import build_chooser
+from bandits.policies import Candidate, Chooser, PolicyConfig
 
 __all__ = ["PolicyState", "Registry", "SlotState"]
 

@@ -6,8 +6,14 @@ candidates. Kinds:
 - ``vw``: a Vowpal Wabbit ``--cb_explore_adf`` learner. Its arguments are built
   from :class:`VWConfig`, a closed set of validated options; no raw argument
   string from a client ever reaches VW.
+- ``linear``: an exact Bayesian hybrid linear model (``bandits.linear``,
+  configured by :class:`bandits.linear.LinearConfig`).
 - ``uniform``: every candidate alike.
 - ``fixed``: always one block (uniform over the rest only if it is absent).
+- ``rules``: an ordered rule list (``bandits.rules``).
+
+The chooser of a config is made by ``bandits.choosers.build_chooser``, which
+imports every kind's module; this module imports none of ``rules``.
 
 Default VW configuration (ARCHITECTURE.md, "Default learning configuration"):
 SquareCB with ``--gamma_scale 1000``, context x action interactions and no
@@ -30,6 +36,7 @@ import vowpalwabbit
 
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.features import Features, FeatureValue, action_line, shared_line
+from bandits.linear import LinearConfig
 
 __all__ = [
     "Candidate",
@@ -39,14 +46,12 @@ __all__ = [
     "UniformPolicy",
     "VWConfig",
     "VWPolicy",
-    "build_chooser",
-    "check_against_catalog",
     "cost_from_reward",
 ]
 
 Exploration = Literal["squarecb", "epsilon", "cover", "bag", "softmax", "regcb", "first"]
 CbType = Literal["mtr", "ips", "dr", "dm"]
-PolicyKind = Literal["vw", "uniform", "fixed", "rules"]
+PolicyKind = Literal["vw", "linear", "uniform", "fixed", "rules"]
 
 _CONTEXT_LETTERS = "TDLU"
 _ALLOWED_INTERACTIONS = frozenset(
@@ -192,16 +197,20 @@ class PolicyConfig:
     kind: PolicyKind = "vw"
     vw: VWConfig | None = None
     """Only for ``vw``; ``None`` means the default configuration."""
+    linear: LinearConfig | None = None
+    """Only for ``linear`` (see ``bandits.linear``); ``None`` means the default configuration."""
     block: str | None = None
     """Only for ``fixed``: the block it always chooses."""
     rules: Mapping[str, Any] | None = None
     """Only for ``rules``: the validated rule list (see ``bandits.rules``)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("vw", "uniform", "fixed", "rules"):
+        if self.kind not in ("vw", "linear", "uniform", "fixed", "rules"):
             raise InvalidPolicy(f"unknown policy kind {self.kind!r}", field="policy.kind")
         if self.kind == "vw" and self.vw is None:
             object.__setattr__(self, "vw", VWConfig())
+        if self.kind == "linear" and self.linear is None:
+            object.__setattr__(self, "linear", LinearConfig())
         if self.kind == "fixed" and (not isinstance(self.block, str) or not self.block):
             raise InvalidPolicy("a fixed policy needs 'block'", field="policy.block")
 
@@ -209,34 +218,26 @@ class PolicyConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> PolicyConfig:
         if not isinstance(data, Mapping):
             raise InvalidPolicy("policy must be an object", field="policy")
-        unknown = set(data) - {"kind", "vw", "block", "rules"}
+        unknown = set(data) - {"kind", "vw", "linear", "block", "rules"}
         if unknown:
             name = sorted(unknown)[0]
             raise InvalidPolicy(f"unknown policy field {name!r}", field=f"policy.{name}")
         kind = data.get("kind", "vw")
         vw = VWConfig.from_dict(data["vw"]) if data.get("vw") is not None else None
-        return cls(kind=kind, vw=vw, block=data.get("block"), rules=data.get("rules"))
+        linear = LinearConfig.from_dict(data["linear"]) if data.get("linear") is not None else None
+        return cls(kind=kind, vw=vw, linear=linear, block=data.get("block"), rules=data.get("rules"))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
         if self.vw is not None:
             data["vw"] = self.vw.to_dict()
+        if self.linear is not None:
+            data["linear"] = self.linear.to_dict()
         if self.block is not None:
             data["block"] = self.block
         if self.rules is not None:
             data["rules"] = dict(self.rules)
         return data
-
-
-def check_against_catalog(config: PolicyConfig, catalog: Sequence[str], field: str = "policy") -> None:
-    """Raise InvalidPolicy when a ``rules``/``fixed`` policy names a block the catalog lacks
-    (or its rules are invalid). ``field`` prefixes the reported field name."""
-    if config.kind == "rules":
-        from bandits.rules import RulesPolicy
-
-        RulesPolicy.from_config(config.rules or {}, field=f"{field}.rules").check_catalog(catalog, field=f"{field}.rules")
-    elif config.kind == "fixed" and config.block not in catalog:
-        raise InvalidPolicy(f"block '{config.block}' is not in the slot's catalog", field=f"{field}.block")
 
 
 def cost_from_reward(reward: float, reward_min: float, reward_max: float) -> float:
@@ -398,23 +399,3 @@ def _workspace_from_bytes(config: VWConfig, model: bytes) -> vowpalwabbit.Worksp
             raise ModelError(f"cannot load VW model: {error}", field="model") from error
     finally:
         os.unlink(path)
-
-
-def build_chooser(config: PolicyConfig, model: bytes | None = None, *, trained: bool | None = None) -> Chooser:
-    """The chooser for a policy config; ``vw`` starts from ``model`` when given.
-
-    ``trained=False`` marks a model that has learned nothing yet (a reset snapshot): it
-    serves uniformly and says so, whatever bytes it holds."""
-    if config.kind == "uniform":
-        return UniformPolicy()
-    if config.kind == "fixed":
-        assert config.block is not None
-        return FixedPolicy(config.block)
-    if config.kind == "vw":
-        assert config.vw is not None
-        return VWPolicy(config.vw, model, trained=trained)
-    if config.kind == "rules":
-        from bandits.rules import RulesPolicy  # the rules kind lives in its own module
-
-        return RulesPolicy.from_config(config.rules or {})
-    raise InvalidPolicy(f"unknown policy kind {config.kind!r}", field="policy.kind")

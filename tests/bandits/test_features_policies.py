@@ -8,8 +8,10 @@ from collections import Counter
 import pytest
 import vowpalwabbit
 
+from bandits.choosers import build_chooser
 from bandits.errors import InvalidFeature, InvalidPolicy
 from bandits.features import action_line, escape_token, shared_line, validate_features
+from bandits.linear import LinearConfig, LinearPolicy
 from bandits.policies import (
     Candidate,
     FixedPolicy,
@@ -94,6 +96,9 @@ def test_validate_features_names_the_field(values: object, field: str) -> None:
         ({"extra": 1}, "policy.extra"),
         ({"kind": "vw", "vw": {"cb_type": "ips"}}, "policy.vw.cb_type"),
         ({"kind": "vw", "vw": {"exploration": "cover", "cb_type": "dm"}}, "policy.vw.cb_type"),
+        ({"kind": "linear", "linear": {"floor": 2}}, "policy.linear.floor"),
+        ({"kind": "linear", "linear": {"alpha": 1}}, "policy.linear.alpha"),
+        ({"kind": "linear", "linear": []}, "policy.linear"),
     ],
 )
 def test_invalid_policy_configs(data: dict, field: str) -> None:
@@ -111,6 +116,24 @@ def test_default_config_is_squarecb_with_interactions_and_round_trips() -> None:
     assert PolicyConfig.from_dict(config.to_dict()) == config
     for exploration in ("epsilon", "cover", "bag", "softmax", "regcb", "first"):
         VWPolicy(VWConfig(exploration=exploration)).close()  # every allowed set starts a real workspace
+
+
+def test_linear_kind_defaults_round_trips_and_builds_its_chooser() -> None:
+    config = PolicyConfig.from_dict({"kind": "linear"})
+    assert config.linear == LinearConfig() and config.vw is None
+    assert PolicyConfig.from_dict(config.to_dict()) == config
+    tuned = PolicyConfig.from_dict({"kind": "linear", "linear": {"exploration": "thompson", "half_life": 1000}})
+    assert tuned.linear is not None and tuned.linear.exploration == "thompson" and tuned.linear.half_life == 1000
+    assert PolicyConfig.from_dict(tuned.to_dict()) == tuned
+    chooser = build_chooser(config)
+    assert isinstance(chooser, LinearPolicy) and not chooser.trained
+    cands = [Candidate("a", {"kind": "x"}), Candidate("b", {"kind": "y"})]
+    for _ in range(20):
+        chooser.learn(_context("mobile"), cands, 1, 0.0, 0.5)
+    restored = build_chooser(config, chooser.save())
+    assert restored.trained
+    assert restored.pmf(_context("mobile"), cands) == pytest.approx(chooser.pmf(_context("mobile"), cands), abs=1e-12)
+    assert not build_chooser(config, chooser.save(), trained=False).trained
 
 
 def test_cost_encoding_is_optimistic_for_untried() -> None:

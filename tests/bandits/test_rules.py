@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from bandits.choosers import build_chooser
 from bandits.context import RequestFacts, derive_context
 from bandits.errors import InvalidPolicy
-from bandits.policies import Candidate, PolicyConfig, build_chooser
+from bandits.policies import Candidate, PolicyConfig
 from bandits.rules import RulesPolicy
 from bandits.sampling import sample_index
 
