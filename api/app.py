@@ -53,7 +53,7 @@ from api.settings import ServiceSettings, load_secret
 from bandits.choosers import build_chooser, check_against_catalog
 from bandits.context import RequestFacts, derive_context
 from bandits.features import validate_features
-from bandits.policies import PolicyConfig, VWConfig
+from bandits.policies import PolicyConfig
 
 __all__ = ["create_app"]
 
@@ -94,8 +94,7 @@ async def reward(request: Request, event_id: FromPath[str]) -> dict[str, Any]:  
 
 
 def _policy_values(name: str, request: schemas.PolicyRequest) -> PolicyConfig:
-    vw = VWConfig.from_dict(schemas.vw_options(request.vw)) if request.kind == "vw" else None
-    config = PolicyConfig(kind=request.kind, vw=vw, block=request.block, rules=request.rules)
+    config: PolicyConfig = schemas.policy_config(request)
     if config.kind == "rules":  # validate now: a stored invalid rule list would break every worker's reload
         build_chooser(config)
     return config

@@ -1,13 +1,13 @@
-"""The learner: joins decisions with their rewards, learns each ``vw`` policy online, writes snapshots.
+"""The learner: joins decisions with their rewards, learns each model policy online, writes snapshots.
 
-For each policy of kind ``vw`` the learner reads the decisions logged under it
+For each policy of a kind that learns (``vw``, ``linear``: ``bandits.choosers.MODEL_KINDS``) the learner reads the decisions logged under it
 in ``seq`` order after its cursor and, for each one that is *ready*,
 
 1. joins its rewards that arrived within the reward window (``created_at <=
    decision.created_at + slot.reward_window_s``) and aggregates them by the
    slot's rule (:func:`aggregate_rewards`: sum / first / max, clipped to the
    slot's range, the slot's default reward when none came);
-2. learns it with :meth:`bandits.policies.VWPolicy.learn` on the exact
+2. learns it with the model's ``learn`` (``VWPolicy``, ``LinearPolicy``) on the exact
    candidates of the decision (its catalog version, or its inline candidates)
    and its logged context, with the logged probability, or skips it with a
    counted reason (logging-only, fallback, no consent, not activated, ...).
@@ -31,8 +31,8 @@ Late rewards (stamped after the window) are kept in the log and counted
 :func:`count_late_rewards` for all of them), never learned: what a decision is
 learned with does not depend on when the learner ran.
 
-Modes (the decision's own ``learning_mode``): ``online`` learns decisions of
-kind ``vw`` with the real reward; ``apprentice`` learns to imitate the default
+Modes (the decision's own ``learning_mode``): ``online`` learns decisions
+served by the policy's own kind with the real reward; ``apprentice`` learns to imitate the default
 block: reward 1 when the logged choice is the default block, else 0 (plus one
 counter-example, a non-default block with reward 0, so the ranking is learned
 and not only the default's score). Before each apprentice update the model's
@@ -92,7 +92,9 @@ from api.db.engine import write_lock
 from api.db.learning_models import LearnedDecision, LearnerLease
 from api.db.models import Activation, CatalogVersion, Decision, Policy, Reward, Slot, Snapshot
 from api.settings import ServiceSettings, settings_from_env
-from bandits.policies import Candidate, PolicyConfig, VWPolicy, cost_from_reward
+from bandits.choosers import MODEL_KINDS, LearningModel, build_model
+from bandits.errors import ModelError
+from bandits.policies import Candidate, PolicyConfig, cost_from_reward
 
 __all__ = [
     "Learner",
@@ -403,16 +405,16 @@ class StepReport:
 
 
 class PolicyLearner:
-    """The learning state of one ``vw`` policy: model, cursor, counters since the last snapshot."""
+    """The learning state of one ``vw`` or ``linear`` policy: model, cursor, counters since the last snapshot."""
 
     def __init__(self, engine: Engine, name: str, config: PolicyConfig, settings: LearnerSettings, holder: str) -> None:
-        assert config.kind == "vw" and config.vw is not None
+        assert config.kind in MODEL_KINDS
         self.engine = engine
         self.name = name
         self.config = config
         self.settings = settings
         self.holder = holder
-        self.model: VWPolicy = VWPolicy(config.vw)
+        self.model: LearningModel = build_model(config)
         self.version = 0
         self.cursor = 0
         self.snapshot_cursor = 0
@@ -429,12 +431,20 @@ class PolicyLearner:
         with self.engine.connect() as connection:
             snap = latest_snapshot(connection, self.name)
         old = self.model
-        assert self.config.vw is not None
         if snap is None:
-            self.model, self.version, self.cursor, self.totals = VWPolicy(self.config.vw), 0, 0, _Totals()
+            self.model, self.version, self.cursor, self.totals = build_model(self.config), 0, 0, _Totals()
         else:
             trained = bool(snap.metrics.get("trained", True)) and bool(snap.model)
-            self.model = VWPolicy(self.config.vw, snap.model) if trained else VWPolicy(self.config.vw)
+            self.model = build_model(self.config)
+            if trained:
+                try:
+                    loaded = build_model(self.config, snap.model)
+                except ModelError as error:  # e.g. the policy changed kind: the old bytes are another model's
+                    log.warning("policy %s: snapshot v%d does not load as a %s model (%s); learning on from a "
+                                "fresh model", self.name, snap.version, self.config.kind, error)
+                else:
+                    self.model.close()
+                    self.model = loaded
             self.version, self.cursor, self.totals = snap.version, snap.cursor, _Totals.from_metrics(snap.metrics)
         old.close()
         self.snapshot_cursor = self.cursor
@@ -545,8 +555,8 @@ class PolicyLearner:
             return "no_consent"
         if not_activated:
             return "not_activated"
-        if mode == "online" and row.policy_kind != "vw":
-            return "not_vw"
+        if mode == "online" and row.policy_kind != self.config.kind:
+            return f"not_{self.config.kind}"  # e.g. a fallback served by another kind
         if mode not in ("online", "apprentice"):
             return "unknown_mode"
         candidates = catalogs.candidates(row)
@@ -706,7 +716,7 @@ class _CatalogCache:
 
 
 class Learner:
-    """Learns every ``vw`` policy whose lease it can take. ``step()`` is synchronous; ``run()`` loops."""
+    """Learns every ``vw`` and ``linear`` policy whose lease it can take. ``step()`` is synchronous; ``run()`` loops."""
 
     def __init__(self, engine: Engine, settings: LearnerSettings | None = None, *,
                  policies: Sequence[str] | None = None, holder: str | None = None,
@@ -723,7 +733,7 @@ class Learner:
 
     def _policy_configs(self) -> dict[str, PolicyConfig]:
         with self.engine.connect() as connection:
-            rows = connection.execute(select(Policy.name, Policy.config).where(Policy.kind == "vw")).all()
+            rows = connection.execute(select(Policy.name, Policy.config).where(Policy.kind.in_(MODEL_KINDS))).all()
         configs = {}
         for name, config in rows:
             if self.only is not None and name not in self.only:

@@ -1,4 +1,4 @@
-"""Model management: list, export, import, reset and roll back the snapshots of a ``vw`` policy.
+"""Model management: list, export, import, reset and roll back the snapshots of a ``vw`` or ``linear`` policy.
 
 Admin API (admin key)::
 
@@ -22,7 +22,9 @@ relearns the whole log from an untrained model. A running learner sees the
 newer version on its next step, drops its unsaved progress and continues from
 the new snapshot (module doc of :mod:`api.learner`).
 
-Imports are checked before they replace anything: the bytes are loaded into a
+Imports are checked before they replace anything. A ``linear`` model is read
+in-process (numpy arrays without pickle, behind a header whose configuration
+digest must match the policy's) and asked for a pmf. A VW model is loaded into a
 fresh VW workspace in a separate Python process (a malformed model can crash
 VW's native code; it must not take the server with it) and asked for a pmf on
 a dummy ``cb_explore_adf`` example, which must be a finite distribution over
@@ -53,7 +55,9 @@ from api.db.models import Decision, Policy, Snapshot
 from api.errors import ApiError
 from api.learner import LearnerSettings, append_snapshot, count_late_rewards, latest_snapshot
 from api.settings import ServiceSettings
-from bandits.policies import PolicyConfig, VWPolicy
+from bandits.choosers import MODEL_KINDS, build_model, model_suffix
+from bandits.errors import ModelError
+from bandits.policies import Candidate, PolicyConfig
 
 __all__ = [
     "MAX_MODEL_BYTES",
@@ -88,12 +92,27 @@ def _root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-def check_model(model: bytes, timeout_s: float = 60.0) -> None:
-    """Raise ApiError(422) unless ``model`` loads as a cb_explore_adf model that predicts a pmf."""
+_PROBE_CONTEXT = {"time": {"hour": 9.0, "daypart": "morning"}, "device": {"type": "mobile"}}
+_PROBE_CANDIDATES = [Candidate("check-a", {"category": "news"}), Candidate("check-b", {"category": "sports"})]
+
+
+def check_model(model: bytes, config: PolicyConfig | None = None, timeout_s: float = 60.0) -> None:
+    """Raise ApiError(422) unless ``model`` loads as a model of ``config``'s kind (default ``vw``) that
+    predicts a pmf. VW models load in a child process (VW can abort on damaged bytes); ``linear`` models
+    are numpy arrays read without pickle, checked against the policy's configuration digest."""
     if not model:
         raise ApiError(422, "invalid_model", "the model is empty", "model")
     if len(model) > MAX_MODEL_BYTES:
         raise ApiError(413, "invalid_model", f"the model is larger than {MAX_MODEL_BYTES} bytes", "model")
+    if config is not None and config.kind == "linear":
+        try:
+            loaded = build_model(config, model)
+            pmf = loaded.pmf(_PROBE_CONTEXT, _PROBE_CANDIDATES)
+        except ModelError as error:
+            raise ApiError(422, "invalid_model", f"not a usable linear model: {error}"[:500], "model") from error
+        if len(pmf) != 2 or abs(sum(pmf) - 1.0) > 1e-6:
+            raise ApiError(422, "invalid_model", f"the model returned {pmf} for 2 candidates", "model")
+        return
     try:
         result = subprocess.run(
             [sys.executable, "-c", _CHECK], input=model, capture_output=True, timeout=timeout_s, cwd=_root(),
@@ -109,11 +128,16 @@ def check_model(model: bytes, timeout_s: float = 60.0) -> None:
 # --------------------------------------------------------------------------- operations
 
 
-def _vw_policy(connection: Connection, name: str) -> PolicyConfig:
+def _policy_kind(engine: Engine, name: str) -> str:
+    with engine.connect() as connection:
+        return _model_policy(connection, name).kind
+
+
+def _model_policy(connection: Connection, name: str) -> PolicyConfig:
     row = connection.execute(select(Policy.kind, Policy.config).where(Policy.name == name)).first()
     if row is None:
         raise ApiError(404, "unknown_policy", f"policy '{name}' does not exist", "name")
-    if row.kind != "vw":
+    if row.kind not in MODEL_KINDS:
         raise ApiError(409, "not_a_model_policy", f"policy '{name}' is of kind '{row.kind}' and has no model", "name")
     return PolicyConfig.from_dict(row.config)
 
@@ -121,7 +145,7 @@ def _vw_policy(connection: Connection, name: str) -> PolicyConfig:
 def list_snapshots(engine: Engine, name: str) -> list[dict[str, Any]]:
     """The kept snapshots of a policy, newest first (without the model bytes)."""
     with engine.connect() as connection:
-        _vw_policy(connection, name)
+        _model_policy(connection, name)
         rows = connection.execute(
             select(Snapshot.version, Snapshot.cursor, Snapshot.metrics, Snapshot.created_at,
                    func.length(Snapshot.model).label("size"))
@@ -138,7 +162,7 @@ def list_snapshots(engine: Engine, name: str) -> list[dict[str, Any]]:
 def export_model(engine: Engine, name: str, version: int | None = None) -> tuple[int, bytes]:
     """(version, bytes) of the newest snapshot or of ``version``."""
     with engine.connect() as connection:
-        _vw_policy(connection, name)
+        _model_policy(connection, name)
         query = select(Snapshot.version, Snapshot.model).where(Snapshot.policy_name == name)
         if version is not None:
             query = query.where(Snapshot.version == version)
@@ -155,7 +179,7 @@ def _append(engine: Engine, name: str, model: bytes, metrics: dict[str, Any], ke
     for _attempt in range(3):
         try:
             with engine.begin() as connection:
-                _vw_policy(connection, name)
+                _model_policy(connection, name)
                 latest = latest_snapshot(connection, name)
                 carried = dict(latest.metrics) if latest else {}
                 carried.pop("window", None)
@@ -177,17 +201,16 @@ def _append(engine: Engine, name: str, model: bytes, metrics: dict[str, Any], ke
 def import_model(engine: Engine, name: str, model: bytes, *, keep: int | None = None) -> int:
     """Check ``model`` and make it the policy's newest version; returns the version."""
     with engine.connect() as connection:
-        _vw_policy(connection, name)
-    check_model(model)
+        config = _model_policy(connection, name)
+    check_model(model, config)
     return _append(engine, name, model, {"source": "import", "trained": True}, keep or _keep())
 
 
 def reset_policy(engine: Engine, name: str, *, from_start: bool = False, keep: int | None = None) -> int:
     """An untrained model as the newest version; ``from_start`` also sets the cursor to 0 (relearn the log)."""
     with engine.connect() as connection:
-        config = _vw_policy(connection, name)
-    assert config.vw is not None
-    fresh = VWPolicy(config.vw)
+        config = _model_policy(connection, name)
+    fresh = build_model(config)
     try:
         model = fresh.save()
     finally:
@@ -214,7 +237,7 @@ def rollback_policy(engine: Engine, name: str, version: int, *, keep: int | None
 def learning_status(engine: Engine, name: str) -> dict[str, Any]:
     """Where the learner of a policy is: newest snapshot, metrics, lag behind the log, late rewards, lease."""
     with engine.connect() as connection:
-        _vw_policy(connection, name)
+        _model_policy(connection, name)
         latest = latest_snapshot(connection, name)
         cursor = latest.cursor if latest else 0
         pending = connection.execute(
@@ -261,9 +284,10 @@ def get_snapshots(request: Request, name: FromPath[str]) -> dict[str, Any]:  # t
 @get("/v1/policies/{name:str}/model", guards=[require_admin])
 async def get_model(request: Request, name: FromPath[str], version: FromQuery[int | None] = None) -> Response[bytes]:  # type: ignore[type-arg]
     found, model = await asyncio.to_thread(export_model, _engine(request), name, version)
+    kind = await asyncio.to_thread(_policy_kind, _engine(request), name)
     return Response(model, media_type="application/octet-stream", headers={
         "X-Slotbandit-Version": str(found),
-        "Content-Disposition": f'attachment; filename="{name}-v{found}.vw"',
+        "Content-Disposition": f'attachment; filename="{name}-v{found}{model_suffix(kind)}"',
     })
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from api.db.models import CatalogVersion, Policy, Slot, Snapshot
-from bandits.choosers import build_chooser
+from bandits.choosers import MODEL_KINDS, build_chooser
 from bandits.policies import Candidate, Chooser, PolicyConfig
 
 __all__ = ["PolicyState", "Registry", "SlotState"]
@@ -150,7 +150,7 @@ class Registry:
         config = PolicyConfig.from_dict(row["config"])
         model: bytes | None = None
         trained: bool | None = None
-        if config.kind == "vw" and version:
+        if config.kind in MODEL_KINDS and version:
             model, metrics = connection.execute(
                 select(Snapshot.model, Snapshot.metrics).where(Snapshot.policy_name == name, Snapshot.version == version)
             ).one()

@@ -91,9 +91,30 @@ class VWIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
     bits: int | None = None
 
 
+class LinearIn(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The options of a ``linear`` policy (``bandits.linear.LinearConfig`` validates the values)."""
+
+    exploration: str | None = None
+    gamma_scale: float | None = None
+    gamma_exponent: float | None = None
+    floor: float | None = None
+    ridge: float | None = None
+    prior_reward: float | None = None
+    noise: float | None = None
+    thompson_draws: int | None = None
+    half_life: float | None = None
+    max_features: int | None = None
+    shared: bool | None = None
+    shared_dim: int | None = None
+    max_blocks: int | None = None
+    new_block_share: float | None = None
+    new_block_min_examples: int | None = None
+
+
 class PolicyRequest(Struct, forbid_unknown_fields=True):
-    kind: Literal["vw", "uniform", "fixed", "rules"] = "vw"
+    kind: Literal["vw", "linear", "uniform", "fixed", "rules"] = "vw"
     vw: VWIn | None = None
+    linear: LinearIn | None = None
     block: Id | None = None
     rules: dict[str, object] | None = None
 
@@ -144,3 +165,20 @@ def vw_options(vw: VWIn | None) -> dict[str, object]:
     if vw is None:
         return {}
     return {k: v for k, v in msgspec.structs.asdict(vw).items() if v is not None}
+
+
+def linear_options(linear: LinearIn | None) -> dict[str, object]:
+    """Only the options the caller set (the rest keep LinearConfig defaults)."""
+    if linear is None:
+        return {}
+    return {k: v for k, v in msgspec.structs.asdict(linear).items() if v is not None}
+
+
+def policy_config(request: PolicyRequest) -> Any:
+    """The validated ``bandits.policies.PolicyConfig`` of a request (raises InvalidPolicy naming the field)."""
+    from bandits.linear import LinearConfig
+    from bandits.policies import PolicyConfig, VWConfig
+
+    vw = VWConfig.from_dict(vw_options(request.vw)) if request.kind == "vw" else None
+    linear = LinearConfig.from_dict(linear_options(request.linear)) if request.kind == "linear" else None
+    return PolicyConfig(kind=request.kind, vw=vw, linear=linear, block=request.block, rules=request.rules)

@@ -363,14 +363,16 @@ def test_catalog_changes(service, learner_for) -> None:
 # --------------------------------------------------------------------------- learning on the simulated world
 
 
-@pytest.mark.parametrize(("n", "last", "min_gap", "beat_best_fixed"), [
-    pytest.param(20_000, 5_000, 0.6, True, marks=pytest.mark.slow),  # the issue's evidence (~30 s)
-    (6_000, 1_500, 0.4, True),  # CI-sized
+@pytest.mark.parametrize(("kind", "n", "last", "min_gap", "beat_best_fixed"), [
+    pytest.param("vw", 20_000, 5_000, 0.6, True, marks=pytest.mark.slow),  # the issue's evidence (~30 s)
+    pytest.param("linear", 20_000, 5_000, 0.6, True, marks=pytest.mark.slow),
+    ("vw", 6_000, 1_500, 0.4, True),  # CI-sized
+    ("linear", 6_000, 1_500, 0.3, False),
 ])
-def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path, n: int, last: int, min_gap: float,
-                                              beat_best_fixed: bool) -> None:
-    """n decisions of the default vw policy through the service's decide path, the decision log
-    and the learner (one step per 500 decisions, then a hot swap), against the world's truth."""
+def test_model_policy_learns_the_simulated_world(sqlite_url, tmp_path, kind: str, n: int, last: int,
+                                                 min_gap: float, beat_best_fixed: bool) -> None:
+    """n decisions of the default policy of each learning kind through the service's decide path, the
+    decision log and the learner (one step per 500 decisions, then a hot swap), against the world's truth."""
     from litestar.testing import TestClient
 
     from api.app import create_app
@@ -382,7 +384,7 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path, n: int, last
     headers = {"Authorization": f"Bearer {admin_key}"}
     with TestClient(app=create_app(settings)) as client:  # type: ignore[arg-type]
         r = client.put("/v1/slots/sim", json={"default_block": world.catalog[0].id, "reward_window_s": 0,
-                                              "reward_range": [0, 1]}, headers=headers)
+                                              "reward_range": [0, 1], "policy": {"kind": kind}}, headers=headers)
         assert r.status_code == 201, r.text
         for block in world.catalog:
             client.put(f"/v1/slots/sim/blocks/{block.id}", json={"features": block.features}, headers=headers)
@@ -426,7 +428,7 @@ def test_vw_policy_learns_the_simulated_world(sqlite_url, tmp_path, n: int, last
         oracle = float(expected_all[window].max(axis=1).mean())
         best_fixed = float(expected_all[window].mean(axis=0).max())
         gap = (policy - uniform) / (oracle - uniform)
-        print(f"{n} decisions, last {last}: policy {policy:.4f} uniform {uniform:.4f} best fixed {best_fixed:.4f} "
+        print(f"{kind}: {n} decisions, last {last}: policy {policy:.4f} uniform {uniform:.4f} best fixed {best_fixed:.4f} "
               f"oracle {oracle:.4f} gap closed {gap:.3f}; model versions {min(versions)}..{max(versions)}")
         assert len(versions) >= n // batch - 2  # a new model every 500 decisions, served by the next ones
         assert gap > min_gap

@@ -16,11 +16,12 @@ from api.learner import Learner, LearnerSettings
 SLOT = "admin.hero"
 
 
-@pytest.fixture
-def trained(service):
-    """A slot whose vw policy has learned 60 decisions into snapshot v1."""
+@pytest.fixture(params=["vw", "linear"])
+def trained(service, request):
+    """A slot whose model policy (each learning kind in turn) has learned 60 decisions into snapshot v1."""
     c = service.client
-    assert c.put(f"/v1/slots/{SLOT}", json={"default_block": "b0", "reward_window_s": 0}, headers=service.admin).status_code == 201
+    body = {"default_block": "b0", "reward_window_s": 0, "policy": {"kind": request.param}}
+    assert c.put(f"/v1/slots/{SLOT}", json=body, headers=service.admin).status_code == 201
     for i in range(3):
         c.put(f"/v1/slots/{SLOT}/blocks/b{i}", json={"features": {"kind": f"k{i}"}}, headers=service.admin)
     for _ in range(60):
@@ -49,6 +50,10 @@ def test_export_import_reset_rollback(trained) -> None:
     r = c.get(f"/v1/policies/{SLOT}/model", headers=admin)
     assert r.status_code == 200 and r.headers["x-slotbandit-version"] == "1"
     v1 = r.content
+    kind = c.get(f"/v1/policies/{SLOT}", headers=admin).json()["kind"]
+    suffix = {"vw": ".vw", "linear": ".linear"}[kind]
+    assert r.headers["content-disposition"].endswith(f'-v1{suffix}"')
+    assert v1.startswith(b"SBLINEAR") == (kind == "linear")
     assert c.put(f"/v1/policies/{SLOT}/model", content=b"not a model", headers=admin).status_code == 422
     assert [s[0] for s in snapshots(trained.database_url)] == [1]  # a rejected import changes nothing
     r = c.put(f"/v1/policies/{SLOT}/model", content=v1, headers=admin)
@@ -110,3 +115,19 @@ def test_cli_export_import_list(trained, tmp_path: Path, capsys) -> None:
     listed = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in listed] == ["v4", "v3", "v2", "v1"]
     assert "reset" in listed[0] and "rollback" in listed[1] and "import" in listed[2]
+
+
+def test_a_model_of_another_kind_or_configuration_is_refused(trained) -> None:
+    """A vw model into a linear policy (and back), or a linear model of another configuration digest: 422."""
+    from bandits.linear import LinearConfig, LinearPolicy
+    from bandits.policies import VWConfig, VWPolicy
+
+    c, admin = trained.client, trained.admin
+    kind = c.get(f"/v1/policies/{SLOT}", headers=admin).json()["kind"]
+    before = snapshots(trained.database_url)
+    others = [VWPolicy(VWConfig()).save()] if kind == "linear" else []
+    others.append(LinearPolicy(LinearConfig(max_features=64)).save())  # not this policy's configuration
+    for other in others:
+        r = c.put(f"/v1/policies/{SLOT}/model", content=other, headers=admin)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_model", r.text
+    assert snapshots(trained.database_url) == before
