@@ -100,6 +100,7 @@ from analysis.replay import (
     snapshot_target,
     uniform_target,
 )
+from bandits.linear import LinearConfig
 from bandits.policies import VWConfig
 
 __all__ = [
@@ -495,7 +496,7 @@ def _reward_range(log: BanditLog, reward_range: tuple[float, float] | None) -> t
     return low, high
 
 
-def _check_candidates(candidates: Mapping[str, VWConfig]) -> None:
+def _check_candidates(candidates: Mapping[str, VWConfig | LinearConfig]) -> None:
     for name, config in candidates.items():
         if not isinstance(name, str) or not name:
             raise EvaluationError("candidate names must be non-empty strings", field="candidates")
@@ -503,8 +504,8 @@ def _check_candidates(candidates: Mapping[str, VWConfig]) -> None:
             raise EvaluationError(
                 f"candidate name {name!r} is reserved for the standard comparison set", field=f"candidates.{name}"
             )
-        if not isinstance(config, VWConfig):
-            raise EvaluationError(f"candidate {name!r} must be a VWConfig", field=f"candidates.{name}")
+        if not isinstance(config, VWConfig | LinearConfig):
+            raise EvaluationError(f"candidate {name!r} must be a VWConfig or a LinearConfig", field=f"candidates.{name}")
 
 
 def _bucket_label(start: float, bucket: Bucket) -> str:
@@ -517,10 +518,11 @@ def _bucket_label(start: float, bucket: Bucket) -> str:
 
 def evaluate(
     log: BanditLog,
-    candidates: Mapping[str, VWConfig],
+    candidates: Mapping[str, VWConfig | LinearConfig],
     *,
     online_model: bytes | None,
     default_block: str | None,
+    online_config: LinearConfig | None = None,
     method: str = "dr",
     interval: str = "normal",
     level: float = 0.95,
@@ -537,8 +539,10 @@ def evaluate(
     Args:
         log: the logged decisions, in time order. Candidate replays need its
             contexts and candidate features (a log without them replays on ids only).
-        candidates: name -> VW configuration to replay with progressive validation.
-        online_model: the online policy's VW snapshot bytes, or None (online = logging policy).
+        candidates: name -> VW or linear configuration to replay with progressive validation.
+        online_model: the online policy's snapshot bytes (VW's, or with ``online_config`` a linear
+            snapshot of that configuration), or None (online = logging policy).
+        online_config: the online policy's LinearConfig when it is a ``linear`` policy.
         default_block: the slot's default block (the ``baseline``); None leaves it out.
         method: estimator, one of :data:`analysis.estimators.METHODS`.
         interval: ``normal`` | ``bootstrap`` | ``bernstein`` for the per-policy intervals.
@@ -579,7 +583,8 @@ def evaluate(
     # targets: name -> (kind, pmf, config, progressive value, method)
     targets: dict[str, tuple[str, np.ndarray, Mapping[str, Any] | None, float | None, str]] = {}
     if online_model is not None:
-        targets["online"] = ("online", snapshot_target(log, online_model, progress=progress), None, None, method)
+        online_target = snapshot_target(log, online_model, config=online_config, progress=progress)
+        targets["online"] = ("online", online_target, None, None, method)
     else:
         online_method = "ips" if chosen_only else method
         if chosen_only and method != "ips":
@@ -597,7 +602,8 @@ def evaluate(
     targets["uniform"] = ("uniform", uniform_target(log), None, None, method)
     for name, config in candidates.items():
         result = replay(log, config, reward_min=rr[0], reward_max=rr[1], progress=progress)
-        targets[name] = ("candidate", result.target_pmf, config.to_dict(), result.progressive_value, method)
+        described = config.to_dict() if isinstance(config, VWConfig) else {"kind": "linear", **config.to_dict()}
+        targets[name] = ("candidate", result.target_pmf, described, result.progressive_value, method)
 
     estimates: dict[str, Estimate] = {}
     values: dict[str, np.ndarray] = {}

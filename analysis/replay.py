@@ -52,6 +52,7 @@ import vowpalwabbit
 
 from analysis.log import BanditLog, LogError
 from bandits.features import CONTEXT_NAMESPACES, Features, action_line, shared_line
+from bandits.linear import LinearConfig, LinearPolicy
 from bandits.policies import Candidate, Chooser, VWConfig, cost_from_reward
 
 __all__ = [
@@ -315,15 +316,15 @@ class ReplayResult:
     """Number of events learned from."""
     reward_range: tuple[float, float]
     """(r_min, r_max) used for cost = (r_max - r) / (r_max - r_min)."""
-    config: VWConfig | None
-    """The replayed configuration (None when continuing a saved model)."""
+    config: VWConfig | LinearConfig | None
+    """The replayed configuration (None when continuing a saved VW model)."""
     model: bytes | None = field(default=None, repr=False)
     """The final model, when ``keep_model=True``."""
 
 
 def replay(
     log: BanditLog,
-    config: VWConfig | None = None,
+    config: VWConfig | LinearConfig | None = None,
     *,
     model: bytes | None = None,
     learn: bool = True,
@@ -338,9 +339,13 @@ def replay(
     target), then, if ``learn`` and the event is learnable, learn from
     ``0:cost:propensity`` on the chosen block. Starting from ``model`` (VW
     model bytes) continues a saved model instead of a fresh ``config``;
-    ``learn=False`` makes it predict only.
+    ``learn=False`` makes it predict only. A :class:`bandits.linear.LinearConfig`
+    replays the ``linear`` family the same way (its ``model``, when given, is a
+    linear snapshot of that configuration).
     """
     low, high = _reward_range(log, reward_min, reward_max)
+    if isinstance(config, LinearConfig):
+        return _replay_linear(log, config, model, learn, (low, high), progress, keep_model)
     ws = _workspace(config, model)
     cache = _ActionCache(ws)
     prediction_type = ws.get_prediction_type()
@@ -409,8 +414,45 @@ def replay(
     )
 
 
-def snapshot_target(log: BanditLog, model: bytes, *, progress: ProgressCallback | None = None) -> np.ndarray:
-    """The pmfs a saved VW model (``VWPolicy.save()`` / a snapshot's bytes) gives each event; predict only."""
+def _replay_linear(log: BanditLog, config: LinearConfig, model: bytes | None, learn: bool,
+                   reward_range: tuple[float, float], progress: ProgressCallback | None,
+                   keep_model: bool) -> ReplayResult:
+    """:func:`replay` for the ``linear`` family: the service's own LinearPolicy predicts each event's pmf
+    (its exact explorer, seeded from the event's context as at decide time), then learns the event."""
+    low, high = reward_range
+    policy = LinearPolicy(config, model)
+    target = np.zeros(log.action_ids.shape, dtype=np.float64)
+    learnable = log.learnable if log.learnable is not None else np.ones(log.n, dtype=bool)
+    costs = [cost_from_reward(r, low, high) for r in log.reward.tolist()]
+    chosen, propensities, learn_rows = log.chosen.tolist(), log.propensity.tolist(), (learnable & learn).tolist()
+    counter = _Progress(progress)
+    learned = 0
+    for row in range(log.n):
+        context, candidates = _context(log, row), _candidates(log, row)
+        pmf = policy.pmf(context, candidates)
+        target[row, : len(pmf)] = pmf
+        if learn_rows[row]:
+            policy.learn(context, candidates, chosen[row], costs[row], propensities[row])
+            learned += 1
+        counter.tick(row + 1)
+    counter.close(log.n)
+    target = _normalise(target, log.action_mask)
+    weights = target[np.arange(log.n), log.chosen] / log.propensity
+    if learnable.any():
+        loss = float((np.array(costs) * weights)[learnable].mean())
+        value = float((log.reward * weights)[learnable].mean())
+    else:
+        loss = value = math.nan
+    return ReplayResult(target_pmf=target, progressive_loss=loss, progressive_value=value, learned=learned,
+                        reward_range=(low, high), config=config, model=policy.save() if keep_model else None)
+
+
+def snapshot_target(log: BanditLog, model: bytes, *, config: LinearConfig | None = None,
+                    progress: ProgressCallback | None = None) -> np.ndarray:
+    """The pmfs a saved model gives each event; predict only. ``model`` is a VW model
+    (``VWPolicy.save()`` / a snapshot's bytes), or with ``config`` a linear snapshot of that configuration."""
+    if config is not None:
+        return replay(log, config, model=model, learn=False, progress=progress).target_pmf
     return replay(log, model=model, learn=False, progress=progress).target_pmf
 
 
@@ -449,7 +491,7 @@ class FeatureImportance:
 
 def feature_importance(
     log: BanditLog,
-    config: VWConfig | None = None,
+    config: VWConfig | LinearConfig | None = None,
     *,
     groups: Iterable[str] = CONTEXT_NAMESPACES,
     features: Iterable[str] = (),

@@ -80,7 +80,9 @@ from api.learner import (
     append_snapshot,
     latest_snapshot,
 )
+from bandits.choosers import MODEL_KINDS
 from bandits.errors import InvalidPolicy
+from bandits.linear import LinearConfig
 from bandits.policies import Candidate, PolicyConfig, VWConfig, cost_from_reward
 
 __all__ = [
@@ -266,16 +268,18 @@ def read_log_file(path: str) -> BanditLog:
     raise ValueError(f"cannot tell the format of {path!r}: use .dsjson, .csv or .parquet")
 
 
-def _online_model(engine: Engine, policy_name: str) -> tuple[bytes | None, int, int]:
-    """(model bytes or None, snapshot version, cursor) of a vw policy's newest trained snapshot."""
+def _online_model(engine: Engine, policy_name: str) -> tuple[bytes | None, int, int, LinearConfig | None]:
+    """(model bytes or None, snapshot version, cursor, its LinearConfig for a linear policy) of a model
+    policy's newest trained snapshot."""
     with engine.connect() as connection:
-        kind = connection.execute(select(Policy.kind).where(Policy.name == policy_name)).scalar_one_or_none()
-        if kind != "vw":
-            return None, 0, 0
+        row = connection.execute(select(Policy.kind, Policy.config).where(Policy.name == policy_name)).first()
+        if row is None or row.kind not in MODEL_KINDS:
+            return None, 0, 0, None
         snap = latest_snapshot(connection, policy_name)
     if snap is None or not snap.model or not snap.metrics.get("trained", True):
-        return None, 0, 0
-    return snap.model, snap.version, snap.cursor
+        return None, 0, 0, None
+    linear = PolicyConfig.from_dict(row.config).linear if row.kind == "linear" else None
+    return snap.model, snap.version, snap.cursor, linear
 
 
 # --------------------------------------------------------------------------- requests
@@ -316,13 +320,33 @@ def parse_time(text: str | None, field: str) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def candidate_configs(raw: Mapping[str, Any], *, standard: bool = False, field: str = "candidates") -> dict[str, VWConfig]:
-    """Validated ``name -> VWConfig`` (InvalidPolicy fields mapped to ``candidates.<name>.<option>``)."""
+def candidate_config(options: Any) -> VWConfig | LinearConfig:
+    """One candidate's options: VW options, or ``{"kind": "linear", ...LinearConfig options}`` for the
+    linear family (``"kind": "vw"`` may be said too). Raises InvalidPolicy naming the option."""
+    if isinstance(options, Mapping) and "kind" in options:
+        rest = {k: v for k, v in options.items() if k != "kind"}
+        if options["kind"] == "linear":
+            return LinearConfig.from_dict(rest)
+        if options["kind"] != "vw":
+            raise InvalidPolicy("a candidate's kind is 'vw' or 'linear'", field="policy.vw.kind")
+        return VWConfig.from_dict(rest)
+    return VWConfig.from_dict(options)
+
+
+def candidate_options(config: VWConfig | LinearConfig) -> dict[str, Any]:
+    """The stored form of a candidate, which :func:`candidate_config` reads back."""
+    return config.to_dict() if isinstance(config, VWConfig) else {"kind": "linear", **config.to_dict()}
+
+
+def candidate_configs(raw: Mapping[str, Any], *, standard: bool = False,
+                      field: str = "candidates") -> dict[str, VWConfig | LinearConfig]:
+    """Validated ``name -> VWConfig | LinearConfig`` (InvalidPolicy fields mapped to
+    ``candidates.<name>.<option>``)."""
     if len(raw) > MAX_CANDIDATES:
         raise ApiError(422, "invalid_request", f"at most {MAX_CANDIDATES} candidates per evaluation", field)
     from analysis.evaluation import STANDARD_CANDIDATES  # statsmodels: loaded when first evaluating
 
-    configs: dict[str, VWConfig] = dict(STANDARD_CANDIDATES) if standard else {}
+    configs: dict[str, VWConfig | LinearConfig] = dict(STANDARD_CANDIDATES) if standard else {}
     for name, options in raw.items():
         if not _CANDIDATE_NAME.match(name):
             raise ApiError(422, "invalid_request", "candidate names are 1-64 of A-Z a-z 0-9 . _ : - "
@@ -330,9 +354,9 @@ def candidate_configs(raw: Mapping[str, Any], *, standard: bool = False, field: 
         if name in ("online", "baseline", "uniform"):
             raise ApiError(422, "invalid_request", f"'{name}' is a standard policy name", f"{field}.{name}")
         try:
-            configs[name] = VWConfig.from_dict(options)
+            configs[name] = candidate_config(options)
         except InvalidPolicy as error:
-            inner = (error.field or "").removeprefix("policy.vw").lstrip(".")
+            inner = (error.field or "").removeprefix("policy.vw").removeprefix("policy.linear").lstrip(".")
             raise ApiError(422, "invalid_request", error.message, f"{field}.{name}" + (f".{inner}" if inner else "")) from error
         except TypeError as error:  # a value of the wrong type reaching the dataclass
             raise ApiError(422, "invalid_request", str(error), f"{field}.{name}") from error
@@ -360,7 +384,7 @@ def _validate(engine: Engine, body: EvaluationIn) -> dict[str, Any]:
             raise ApiError(422, "unknown_slot", f"slot '{body.slot}' does not exist", "slot")
     return {
         "slot": body.slot, "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
-        "candidates": {name: config.to_dict() for name, config in configs.items()},
+        "candidates": {name: candidate_options(config) for name, config in configs.items()},
         "method": body.method, "interval": body.interval, "level": body.level, "limit": body.limit,
         "online": body.online, "feature_importance": body.feature_importance, "time_buckets": body.time_buckets,
     }
@@ -483,13 +507,13 @@ def _evaluate_request(engine: Engine, request: Mapping[str, Any], evaluation_id:
                       stop: threading.Event | None) -> dict[str, Any]:
     from analysis.evaluation import EvaluationError, evaluate
 
-    candidates = {name: VWConfig.from_dict(options) for name, options in request["candidates"].items()}
+    candidates = {name: candidate_config(options) for name, options in request["candidates"].items()}
     bandit_log = load_log(engine, request["slot"], since=parse_time(request.get("since"), "since"),
                           until=parse_time(request.get("until"), "until"), limit=request.get("limit"))
     notes: list[str] = []
-    model = None
+    model, online_config = None, None
     if request.get("online") == "snapshot":
-        model, version, cursor = _online_model(engine, bandit_log.meta["policy"])
+        model, version, cursor, online_config = _online_model(engine, bandit_log.meta["policy"])
         if model is None:
             notes.append("the slot's policy has no trained snapshot: online = the logging policy")
         elif cursor >= bandit_log.meta["first_seq"]:
@@ -509,7 +533,8 @@ def _evaluate_request(engine: Engine, request: Mapping[str, Any], evaluation_id:
 
     try:
         evaluation = evaluate(
-            bandit_log, candidates, online_model=model, default_block=bandit_log.meta["default_block"],
+            bandit_log, candidates, online_model=model, online_config=online_config,
+            default_block=bandit_log.meta["default_block"],
             method=request["method"], interval=request["interval"], level=request["level"], progress=progress,
             time_buckets=request.get("time_buckets"), with_feature_importance=bool(request.get("feature_importance")),
         )
@@ -578,7 +603,7 @@ def apply_candidate(engine: Engine, evaluation_id: int, candidate: str, *, force
         raise ApiError(409, "not_recommended", f"'{candidate}' was not recommended "
                        f"({'recommended: ' + recommended if recommended else 'nothing was recommended'}); "
                        "pass \"force\": true to apply it anyway", "candidate")
-    config = VWConfig.from_dict(options)
+    config = candidate_config(options)
     slot = stored["slot"]
     with engine.connect() as connection:
         slot_row = connection.execute(select(Slot.__table__).where(Slot.name == slot)).mappings().first()
@@ -606,7 +631,9 @@ def apply_candidate(engine: Engine, evaluation_id: int, candidate: str, *, force
     }
     cursor = int(bandit_log.meta["last_seq"])
     with engine.begin() as connection:
-        upsert_policy(connection, policy_name, "vw", PolicyConfig(kind="vw", vw=config).to_dict())
+        applied_config = (PolicyConfig(kind="linear", linear=config) if isinstance(config, LinearConfig)
+                          else PolicyConfig(kind="vw", vw=config))
+        upsert_policy(connection, policy_name, applied_config.kind, applied_config.to_dict())
         version = append_snapshot(connection, policy_name, trained.model, cursor, metrics,
                                   keep=LearnerSettings.from_env().keep_snapshots)
         revision = connection.execute(select(Policy.revision).where(Policy.name == policy_name)).scalar_one()
@@ -731,7 +758,7 @@ def _evaluate_command(args: argparse.Namespace, settings: Any) -> int:
     except (ValueError, ApiError) as error:
         print(f"error: {getattr(error, 'detail', error)}", file=sys.stderr)
         return 2
-    model = None
+    model, online_config = None, None
     notes: list[str] = []
     try:
         if args.log:
@@ -748,7 +775,7 @@ def _evaluate_command(args: argparse.Namespace, settings: Any) -> int:
             try:
                 bandit_log = load_log(engine, args.slot, since=since, until=until, limit=args.limit)
                 if args.online == "snapshot":
-                    model, version, cursor = _online_model(engine, bandit_log.meta["policy"])
+                    model, version, cursor, online_config = _online_model(engine, bandit_log.meta["policy"])
                     if model is not None and cursor >= bandit_log.meta["first_seq"]:
                         notes.append(f"the online snapshot v{version} learned from part of this log: in-sample")
             finally:
@@ -761,7 +788,8 @@ def _evaluate_command(args: argparse.Namespace, settings: Any) -> int:
     bar = _progress_bar(bandit_log.n * replays, "replay")
     try:
         evaluation = evaluate(
-            bandit_log, candidates, online_model=model, default_block=default_block, method=args.estimator,
+            bandit_log, candidates, online_model=model, online_config=online_config, default_block=default_block,
+            method=args.estimator,
             interval=args.interval, level=args.level, progress=bar.update, seed=args.seed,
             time_buckets=None if args.bucket == "none" else args.bucket, with_feature_importance=args.feature_importance,
         )

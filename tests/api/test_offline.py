@@ -184,6 +184,53 @@ def test_evaluate_poll_apply_and_serve(service, engine) -> None:
         "snapshot_version"] == applied["snapshot_version"]
 
 
+def test_a_linear_challenger_is_evaluated_applied_and_then_evaluated_as_the_online_snapshot(service, engine) -> None:
+    """A ``{"kind": "linear"}`` candidate is replayed by the linear family beside a vw one; applied, the slot's
+    policy becomes linear with a warm snapshot; an evaluation with ``online: snapshot`` then replays that
+    linear snapshot (predict only) as the online policy."""
+    seed_slot(service)
+    traffic(service, 300)
+    body = {"slot": SLOT, "candidates": {"twin": {"kind": "linear"}, "vw-default": {"kind": "vw"}},
+            "time_buckets": None}
+    r = service.client.post("/v1/evaluations", json=body, headers=service.admin)
+    assert r.status_code == 202, r.text
+    data = wait_done(service, r.json()["id"])
+    assert data["status"] == "done", data["error"]
+    policies = {p["name"]: p for p in data["result"]["policies"]}
+    assert policies["twin"]["config"]["kind"] == "linear" and "gamma_scale" in policies["twin"]["config"]
+    assert policies["twin"]["value"] > policies["uniform"]["value"] + 0.1
+    time.sleep(2.1)  # apply trains on decisions whose 2 s reward window has closed
+    r = service.client.post(f"/v1/evaluations/{data['id']}/apply", json={"candidate": "twin", "force": True},
+                            headers=service.admin)
+    assert r.status_code == 201, r.text
+    served = service.client.get(f"/v1/policies/{SLOT}", headers=service.admin).json()
+    assert served["kind"] == "linear" and served["trained"] is True
+    registry = service.client.app.state.registry
+    chooser, candidates = registry.policies[SLOT].chooser, registry.slots[SLOT].candidates
+    for device, best in BEST.items():
+        pmf = chooser.pmf({"device": {"type": device}}, candidates)
+        assert [c.id for c in candidates][int(np.argmax(pmf))] == best
+    r = service.client.post("/v1/evaluations", json={"slot": SLOT, "online": "snapshot", "time_buckets": None},
+                            headers=service.admin)
+    again = wait_done(service, r.json()["id"])
+    assert again["status"] == "done", again["error"]
+    online = {p["name"]: p for p in again["result"]["policies"]}["online"]
+    assert online["kind"] == "online" and online["value"] > policies["uniform"]["value"] + 0.1
+
+
+BAD_LINEAR = [({"kind": "linear", "ridge": -1}, "candidates.twin.ridge"),
+              ({"kind": "linear", "bogus": 1}, "candidates.twin.bogus"),
+              ({"kind": "cart"}, "candidates.twin.kind")]
+
+
+@pytest.mark.parametrize(("options", "field"), BAD_LINEAR)
+def test_a_bad_linear_candidate_names_its_field(service, options, field) -> None:
+    seed_slot(service)
+    r = service.client.post("/v1/evaluations", json={"slot": SLOT, "candidates": {"twin": options}},
+                            headers=service.admin)
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
 def test_stored_evaluations_survive_a_restart_and_orphans_rerun(service, engine, tmp_path) -> None:
     from litestar.testing import TestClient
 
