@@ -190,6 +190,50 @@ def _watch_snapshots(url: str, stop: threading.Event, seen: dict[int, tuple[int,
         engine.dispose()
 
 
+def _profile(server_pid: int, args: argparse.Namespace, workdir: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy the embedded learner (the child of the server whose command line says ``learn``)."""
+    for child in Path("/proc").iterdir():
+        try:
+            stat = (child / "stat").read_text()
+            cmdline = (child / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == str(server_pid) and b"learn" in cmdline:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", child.name, "--duration",
+                 str(max(1, round(args.seconds) - 2)), "--format", "raw", "--output", str(workdir / "learner.txt"),
+                 "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print("  (no learner process found to profile)")
+    return None
+
+
+def _print_profile(path: Path, keep: str) -> None:
+    if not path.exists():
+        print("  (py-spy wrote no samples)")
+        return
+    shutil.copy(path, keep)
+    leaves: dict[str, int] = {}
+    lines = path.read_text().splitlines()
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    whole = sum(leaves.values()) or 1
+    print(f"  learner profile ({whole} samples, raw in {keep}), top self time:")
+    for leaf, count in sorted(leaves.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {100 * count / whole:5.1f}%  {leaf}")
+    layers = {"idle (stop.wait)": "wait (threading.py", "step: read (SQL + rows)": "connection.execute",
+              "VW learn": "learn (bandits/policies.py", "VW pmf": "pmf (bandits/policies.py",
+              "snapshot": "snapshot (api/learner.py", "model save": "save (bandits/policies.py"}
+    hits = dict.fromkeys(layers, 0)
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        for name, marker in layers.items():
+            if marker in stack:
+                hits[name] += int(count)
+    print("  inclusive share:", ", ".join(f"{name} {100 * n / whole:.0f}%" for name, n in hits.items()))
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -267,8 +311,12 @@ def run_once(args: argparse.Namespace, label: str, env_extra: dict[str, str], co
         prober.start()
         probe.sampling.set()
         a, b = _wrk(base, script_a, conns_a, args.seconds), _wrk(base, script_b, conns_b, args.seconds)
+        profiler = _profile(server.pid, args, workdir) if args.profile and label == "current" else None
         load_a, load_b = _wrk_result(a, args.seconds), _wrk_result(b, args.seconds)
         probe.sampling.clear()
+        if profiler is not None:
+            profiler.wait(60)
+            _print_profile(workdir / "learner.txt", args.profile_out)
         load_during = os.getloadavg()
         time.sleep(args.tail)
         probe.stop.set()
@@ -346,6 +394,8 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--baseline-code", type=Path, default=ROOT,
                         help="source tree the baseline server runs from (default: this one, old settings)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the learner of the current run")
+    parser.add_argument("--profile-out", default="freshness-learner-profile.txt")
     parser.add_argument("--only", choices=("baseline", "current"), help="run one configuration")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
