@@ -56,7 +56,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,19 @@ def _print_profile(path: Path, keep: str) -> None:
     print("  inclusive share:", ", ".join(f"{name} {100 * n / whole:.0f}%" for name, n in hits.items()))
 
 
+def _audit(connection: Any, window: int) -> tuple[int, int]:
+    """(learned decisions, those learned without a reward the log has inside their window): the
+    rewards whose commit came later than the safety margin after their stamp (``sum``, value 1)."""
+    from api.db.learning_models import LearnedDecision
+
+    learned = dict(connection.execute(select(LearnedDecision.seq, LearnedDecision.reward)).all())
+    span = timedelta(seconds=window)
+    in_window = {seq for seq, decided, rewarded in connection.execute(
+        select(Decision.seq, Decision.created_at, Reward.created_at).join(Reward, Reward.event_id == Decision.event_id))
+        if seq in learned and rewarded <= decided + span}
+    return len(learned), sum(1 for seq in in_window if learned[seq] < 1.0)
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -254,6 +267,8 @@ def run_once(args: argparse.Namespace, label: str, env_extra: dict[str, str], co
     base = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("SLOTBANDIT_LEARNER_") and key != "SLOTBANDIT_RELOAD_INTERVAL_S"}
+    if args.audit:
+        env["SLOTBANDIT_LEARNER_LEDGER"] = "1"
     env.update(SLOTBANDIT_DATABASE_URL=url, SLOTBANDIT_SECRET="bench", SLOTBANDIT_SECRET_FILE=str(workdir / "secret"),
                PYTHONPATH=str(code), **env_extra)
     server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", "1"],
@@ -332,6 +347,7 @@ def run_once(args: argparse.Namespace, label: str, env_extra: dict[str, str], co
             select(Decision.event_id, Decision.seq, Decision.created_at).where(Decision.event_id.in_(probe.samples)))}
         rewarded = {row.event_id: row.created_at for row in connection.execute(
             select(Reward.event_id, Reward.created_at).where(Reward.event_id.in_(probe.samples)))}
+        misses = _audit(connection, args.window) if args.audit else None
     engine.dispose()
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -373,7 +389,7 @@ def run_once(args: argparse.Namespace, label: str, env_extra: dict[str, str], co
         "decide_rate": load_a["rate"] + load_b["rate"] / 2 + probe_rate, "reward_rate": load_b["rate"] / 2,
         "p50_ms": load_a["p50_ms"], "p99_ms": load_a["p99_ms"], "max_ms": load_a["max_ms"],
         "non_2xx": load_a["non_2xx"] + load_b["non_2xx"], "socket_errors": load_a["socket_errors"] + load_b["socket_errors"],
-        "probe_errors": probe.errors,
+        "probe_errors": probe.errors, "misses": misses,
     }
 
 
@@ -394,6 +410,8 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--baseline-code", type=Path, default=ROOT,
                         help="source tree the baseline server runs from (default: this one, old settings)")
+    parser.add_argument("--audit", action="store_true",
+                        help="learner ledger on: count decisions learned without a reward the log holds in their window")
     parser.add_argument("--profile", action="store_true", help="py-spy the learner of the current run")
     parser.add_argument("--profile-out", default="freshness-learner-profile.txt")
     parser.add_argument("--only", choices=("baseline", "current"), help="run one configuration")
@@ -428,7 +446,9 @@ def main() -> int:
                   f"(learner p50/p95 {r['learner_p50']:.2f}/{r['learner_p95']:.2f}, registry {r['registry_p50']:.2f}/"
                   f"{r['registry_p95']:.2f}; {r['samples']} samples, {r['censored']} censored, {r['snapshots']} snapshots)  "
                   f"decide p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms  "
-                  f"errors {r['non_2xx']}/{r['socket_errors']}/{r['probe_errors']}", flush=True)
+                  f"errors {r['non_2xx']}/{r['socket_errors']}/{r['probe_errors']}"
+                  + (f"  audit: {r['misses'][1]} of {r['misses'][0]} learned without their reward"
+                     if r["misses"] else ""), flush=True)
     if not args.only:
         print("  current / baseline, per round:")
         for round_ in range(1, args.rounds + 1):
