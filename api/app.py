@@ -355,6 +355,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         gc.collect()
         gc.freeze()
         poller = Periodic("registry-refresh", settings.reload_interval_s, registry.refresh).start()
+        model_poller = Periodic("model-refresh", settings.model_poll_interval_s, registry.refresh_models).start()
         checkpointer = (Periodic("wal-checkpoint", settings.checkpoint_interval_s, lambda: checkpoint(engine)).start()
                         if engine.dialect.name == "sqlite" else None)
         try:
@@ -362,6 +363,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         finally:
             gc.unfreeze()  # an app that stops (tests, the demo) leaves its objects collectable
             await asyncio.to_thread(poller.stop)
+            await asyncio.to_thread(model_poller.stop)
             if checkpointer is not None:
                 await asyncio.to_thread(checkpointer.stop)
             for module in reversed(extensions):

@@ -18,10 +18,18 @@ under ``max``. Both are judged against ``now - safety_margin_s``:
 
 * PostgreSQL hands out ``seq`` at insert time but several workers commit in
   any order, so a lower ``seq`` can become visible after a higher one. The
-  learner never looks at a decision younger than the margin (default 3 s, far
+  learner never looks at a decision younger than the margin (3 s there, far
   above a group commit of a few milliseconds), so by the time it passes a
   ``seq`` no lower one can still appear. The same margin covers a reward or an
   activation stamped just inside the window whose commit lands just after it.
+* On SQLite every writer holds the file's one write lock and ``seq`` is
+  assigned inside the writing transaction, so visibility follows ``seq``
+  order: a row committed later always has a higher ``seq`` and is simply read
+  by a later step. What remains is a reward's or activation's own stamp-to-
+  commit time (the rest of its request, the lock wait: milliseconds, tens under
+  load), so the default margin there is 0.25 s
+  (:meth:`LearnerSettings.margin_for`). A reward that commits later than the
+  margin after its stamp is not learned (nor counted late).
 * Decisions are taken strictly in order: the first one that is not ready stops
   the step (the cursor is one number). An early-final decision behind one whose
   window is still open waits for it.
@@ -38,6 +46,16 @@ counter-example, a non-default block with reward 0, so the ranking is learned
 and not only the default's score). Before each apprentice update the model's
 top choice is compared with the default block (``apprentice.match_rate``);
 ``logging-only`` learns nothing.
+
+Freshness. The run loop sleeps until the first waiting decision becomes
+learnable by its window (but at least ``batch_wait_s``, so a step learns a
+batch), ``poll_interval_s`` when nothing waits or a final reward may come, and
+never past the moment unsaved learning is due for its snapshot. So a
+decision is learned about ``margin`` after its window closes (or its final
+reward), is in a snapshot at most ``snapshot_interval_s`` (1 s) later, and is
+served after the next poll of the workers' registries
+(``ServiceSettings.model_poll_interval_s``, 0.2 s): under 2 s on SQLite at
+1,000 decisions/s (``benchmarks/freshness.py``).
 
 Exactly once. Every ``snapshot_every`` learned decisions or
 ``snapshot_interval_s`` seconds the model, the cursor (the last ``seq``
@@ -69,6 +87,7 @@ learning), ``skipped`` by reason, ``late_rewards`` and ``apprentice``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -119,24 +138,44 @@ _decisions = Decision.__table__
 # --------------------------------------------------------------------------- settings
 
 
+SQLITE_SAFETY_MARGIN_S = 0.25
+"""The default safety margin on SQLite: commits are serialized, so only a reward's own commit is waited for."""
+SERVER_SAFETY_MARGIN_S = 3.0
+"""The default safety margin on PostgreSQL (and any store whose writers commit concurrently)."""
+
+
 @dataclass(frozen=True)
 class LearnerSettings:
-    """How the learner batches, snapshots and shares work. Env: ``SLOTBANDIT_LEARNER_<FIELD>``."""
+    """How the learner batches, snapshots and shares work. Env: ``SLOTBANDIT_LEARNER_<FIELD>``.
+
+    The defaults aim to serve a reward's effect within 2 s of its decision becoming learnable on
+    SQLite: margin 0.25 s + at most ``batch_wait_s`` + at most ``snapshot_interval_s`` + at most
+    the registry's ``model_poll_interval_s``, 1.55 s in all when the learner keeps up; on
+    PostgreSQL the margin makes it 4.3 s. ``benchmarks/freshness.py`` measures it.
+    """
 
     snapshot_every: int = 10_000
-    """Write a snapshot after this many learned decisions (N). At 1,000 decisions/s that is one
-    every 10 s: each holds the log's write lock for a few milliseconds (more when the cores are
-    busy), and at one a second they showed in the p99 of decisions (``benchmarks/decide.py --learner``)."""
-    snapshot_interval_s: float = 30.0
-    """... or when this many seconds passed since the last one and something was learned (T)."""
+    """Write a snapshot after this many learned decisions (N), even before ``snapshot_interval_s``."""
+    snapshot_interval_s: float = 1.0
+    """... or when this many seconds passed since the last one and something was learned (T): a
+    learned decision waits at most this long for its snapshot (was 30 s). Under the log's write
+    lock a snapshot only runs its SQL: the model bytes (40 KB for the default VW options, 1.7 ms to
+    save), the metrics and the ledger rows are made before. Each snapshot is a model load in every
+    serving worker (8-15 ms holding the GIL for the default VW options)."""
     keep_snapshots: int = 10
     """Snapshots kept per policy (K); older ones are pruned."""
     batch_size: int = 500
     """Decisions read per query."""
-    poll_interval_s: float = 1.0
-    """Sleep between steps when there was nothing to learn."""
-    safety_margin_s: float = 3.0
-    """Decisions, rewards and activations younger than this are not judged yet (commit order, see module doc)."""
+    poll_interval_s: float = 0.25
+    """Longest sleep between steps when there was nothing to learn (was 1 s)."""
+    batch_wait_s: float = 0.1
+    """Shortest sleep between steps while read decisions wait for their window: the learner wakes
+    when the first of them becomes learnable, but no sooner than this, so that one step learns
+    what became ready in that time (100 decisions at 1,000/s) instead of one query per decision."""
+    safety_margin_s: float | None = None
+    """Decisions, rewards and activations younger than this are not judged yet (commit order, see
+    the module doc). None: by the store, ``SQLITE_SAFETY_MARGIN_S`` (0.25 s) on SQLite, where
+    writers are serialized, ``SERVER_SAFETY_MARGIN_S`` (3 s) on PostgreSQL, where they are not."""
     lease_ttl_s: float = 30.0
     """A policy's lease expires this long after its last renewal (another learner may then take it)."""
     ledger: bool = False
@@ -147,12 +186,20 @@ class LearnerSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"learner {name} must be a positive integer")
-        for name in ("snapshot_interval_s", "poll_interval_s", "safety_margin_s", "lease_ttl_s"):
+        for name in ("snapshot_interval_s", "poll_interval_s", "batch_wait_s", "safety_margin_s", "lease_ttl_s"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if value is None and name == "safety_margin_s":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"learner {name} must be a finite number >= 0")
         if self.lease_ttl_s < 0.5:
             raise ValueError("learner lease_ttl_s must be at least 0.5 s")
+
+    def margin_for(self, dialect: str) -> float:
+        """The safety margin in force on a store of this SQLAlchemy dialect name."""
+        if self.safety_margin_s is not None:
+            return float(self.safety_margin_s)
+        return SQLITE_SAFETY_MARGIN_S if dialect == "sqlite" else SERVER_SAFETY_MARGIN_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> LearnerSettings:
@@ -394,26 +441,34 @@ class StepReport:
     snapshots: int = 0
     waiting: int = 0
     """Decisions read but not ready yet (window open or younger than the margin)."""
+    ready_in_s: float | None = None
+    """When decisions wait: seconds from the step's ``now`` until the first of them is learnable
+    by its window (a final reward can make it so sooner). The soonest over policies when added."""
 
     @property
     def processed(self) -> int:
         return self.learned + self.skipped
 
     def __add__(self, other: StepReport) -> StepReport:
+        soonest = min((r for r in (self.ready_in_s, other.ready_in_s) if r is not None), default=None)
         return StepReport(self.learned + other.learned, self.skipped + other.skipped,
-                          self.snapshots + other.snapshots, self.waiting + other.waiting)
+                          self.snapshots + other.snapshots, self.waiting + other.waiting, soonest)
 
 
 class PolicyLearner:
     """The learning state of one ``vw`` or ``linear`` policy: model, cursor, counters since the last snapshot."""
 
-    def __init__(self, engine: Engine, name: str, config: PolicyConfig, settings: LearnerSettings, holder: str) -> None:
+    def __init__(self, engine: Engine, name: str, config: PolicyConfig, settings: LearnerSettings, holder: str,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
         assert config.kind in MODEL_KINDS
         self.engine = engine
         self.name = name
         self.config = config
         self.settings = settings
         self.holder = holder
+        self.clock = clock
+        """Seconds, monotonic: when snapshots are due (tests pass a controlled one)."""
+        self.margin_s = settings.margin_for(engine.dialect.name)
         self.model: LearningModel = build_model(config)
         self.version = 0
         self.cursor = 0
@@ -421,7 +476,7 @@ class PolicyLearner:
         self.totals = _Totals()
         self._saved = _Totals()
         self._learned_seqs: list[tuple[int, float]] = []
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock()
         self.loaded = False
 
     # -- state
@@ -450,7 +505,7 @@ class PolicyLearner:
         self.snapshot_cursor = self.cursor
         self._saved = self.totals.copy()
         self._learned_seqs = []
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock()
         self.loaded = True
 
     @property
@@ -501,13 +556,17 @@ class PolicyLearner:
             }
             catalogs.load(connection, {(r.slot_id, r.catalog_version) for r in rows if r.catalog_version is not None})
 
-        horizon = now - timedelta(seconds=self.settings.safety_margin_s)
+        margin = timedelta(seconds=self.margin_s)
+        horizon = now - margin
         learned = skipped = waiting = 0
+        ready_in: float | None = None
         for row in rows:
             rules = slots.get(row.slot_id)
             created = _aware(row.created_at)
             if created > horizon:
                 waiting = len(rows) - learned - skipped
+                window = timedelta(seconds=rules.window_s if rules is not None else 0)
+                ready_in = (created + window + margin - now).total_seconds()
                 break
             if rules is None:  # the slot is gone: nothing to learn with
                 self._skip("no_slot")
@@ -527,6 +586,7 @@ class PolicyLearner:
                 )
                 if not early:
                     waiting = len(rows) - learned - skipped
+                    ready_in = (window_end + margin - now).total_seconds()
                     break
                 in_window = [value for value, at in received if at <= horizon]
             else:
@@ -538,7 +598,8 @@ class PolicyLearner:
                 self._skip(reason)
                 skipped += 1
             self.cursor = row.seq
-        return self._maybe_snapshot(now, StepReport(learned=learned, skipped=skipped, waiting=waiting))
+        return self._maybe_snapshot(now, StepReport(learned=learned, skipped=skipped, waiting=waiting,
+                                                    ready_in_s=ready_in))
 
     def _skip(self, reason: str) -> None:
         self.totals.skipped[reason] = self.totals.skipped.get(reason, 0) + 1
@@ -629,12 +690,16 @@ class PolicyLearner:
             },
         }
 
+    def snapshot_due_in(self) -> float | None:
+        """Seconds until unsaved learning is due for its snapshot by time (0: now); None when clean."""
+        if not self.dirty:
+            return None
+        return max(0.0, self.settings.snapshot_interval_s - (self.clock() - self._last_snapshot))
+
     def _maybe_snapshot(self, now: datetime, report: StepReport) -> StepReport:
-        due = self.unsaved >= self.settings.snapshot_every or (
-            self.dirty and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
-        )
+        due = self.unsaved >= self.settings.snapshot_every or self.snapshot_due_in() == 0.0
         if due and self.snapshot(now) is not None:
-            return StepReport(report.learned, report.skipped, report.snapshots + 1, report.waiting)
+            return dataclasses.replace(report, snapshots=report.snapshots + 1)
         return report
 
     def snapshot(self, now: datetime | None = None) -> int | None:
@@ -642,22 +707,24 @@ class PolicyLearner:
         (or when nothing changed: neither learned decisions nor a cursor moved over skipped ones)."""
         if not self.dirty:
             return None
-        now = datetime.now(UTC)  # leases run on the wall clock, whatever clock the step judged readiness by
+        # everything but the SQL is made before the log's write lock is taken: serving workers wait for it
         model = self.model.save()
+        metrics = self.metrics()
+        ledger = [{"policy_name": self.name, "seq": seq, "reward": reward, "snapshot_version": self.version + 1}
+                  for seq, reward in self._learned_seqs]
+        now = datetime.now(UTC)  # leases run on the wall clock, whatever clock the step judged readiness by
         try:
             with write_lock(self.engine), self.engine.begin() as connection:
                 if not _fence(connection, self.name, self.holder, now, self.settings.lease_ttl_s):
                     raise _Refused("lease lost")
                 version = append_snapshot(
-                    connection, self.name, model, self.cursor, self.metrics(),
+                    connection, self.name, model, self.cursor, metrics,
                     keep=self.settings.keep_snapshots, expected_version=self.version,
                 )
                 if version is None:
                     raise _Refused("a newer snapshot exists")
                 # the ledger rows go in through the DBAPI cursor on SQLite: the log's write lock is held
-                append_rows(connection, LearnedDecision.__table__,
-                            [{"policy_name": self.name, "seq": seq, "reward": reward, "snapshot_version": version}
-                             for seq, reward in self._learned_seqs])
+                append_rows(connection, LearnedDecision.__table__, ledger)
         except (_Refused, IntegrityError) as error:
             log.warning("snapshot of %s refused (%s); reloading the newest version", self.name, error)
             self.load()
@@ -666,7 +733,7 @@ class PolicyLearner:
         self.snapshot_cursor = self.cursor
         self._saved = self.totals.copy()
         self._learned_seqs = []
-        self._last_snapshot = time.monotonic()
+        self._last_snapshot = self.clock()
         log.info("policy %s: snapshot v%d at seq %d (%d learned)", self.name, version, self.cursor, self.totals.learned)
         return version
 
@@ -720,8 +787,10 @@ class Learner:
 
     def __init__(self, engine: Engine, settings: LearnerSettings | None = None, *,
                  policies: Sequence[str] | None = None, holder: str | None = None,
-                 on_snapshot: Callable[[str, int], None] | None = None) -> None:
+                 on_snapshot: Callable[[str, int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
+        self.clock = clock
         self.settings = settings or LearnerSettings()
         self.only = set(policies) if policies else None
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -772,7 +841,8 @@ class Learner:
                     self._renewed[name] = time.monotonic()
                 learner = self.policies.get(name)
                 if learner is None:
-                    learner = self.policies[name] = PolicyLearner(self.engine, name, config, self.settings, self.holder)
+                    learner = self.policies[name] = PolicyLearner(self.engine, name, config, self.settings, self.holder,
+                                                                        clock=self.clock)
                 before = learner.version
                 report = learner.step(now, slots, self._catalogs)
                 if report.snapshots and self.on_snapshot is not None and learner.version != before:
@@ -802,6 +872,25 @@ class Learner:
                         self.on_snapshot(name, version)
             return StepReport(snapshots=written)
 
+    def wait_after(self, report: StepReport) -> float:
+        """How long ``run`` sleeps after a step that reported ``report``.
+
+        None after a step that learned and found nothing waiting (a backlog: go on). While
+        decisions wait for their window, until the first is learnable, but at least
+        ``batch_wait_s`` (one step then takes all that became ready meanwhile); with nothing to
+        read, ``poll_interval_s``. Never past the moment unsaved learning is due for a snapshot.
+        """
+        s = self.settings
+        if report.processed and not report.waiting:
+            return 0.0
+        if report.waiting and report.ready_in_s is not None:
+            wait = min(s.poll_interval_s, max(s.batch_wait_s, report.ready_in_s))
+        else:
+            wait = s.poll_interval_s
+        with self._lock:
+            due = [d for d in (p.snapshot_due_in() for p in self.policies.values()) if d is not None]
+        return min([wait, *due])
+
     def run(self, stop: threading.Event) -> None:
         """Step until ``stop`` is set; then write the last snapshots and release the leases."""
         while not stop.is_set():
@@ -810,8 +899,9 @@ class Learner:
             except Exception:  # noqa: BLE001 - a database hiccup must not end the learner
                 log.exception("learner step failed")
                 report = StepReport()
-            if report.processed == 0:
-                stop.wait(self.settings.poll_interval_s)
+            wait = self.wait_after(report)
+            if wait > 0:
+                stop.wait(wait)
         self.close()
 
     def _drop(self, name: str) -> None:

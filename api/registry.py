@@ -5,6 +5,14 @@ counters (``slots.revision``, ``policies.revision``, latest snapshot version),
 so several workers converge within ``reload_interval_s`` of a change and a new
 model is hot-swapped without dropping a request (the swap is one reference
 assignment; the decide path reads the reference once).
+
+New models matter sooner than admin changes (the learner snapshots about once a
+second): :meth:`Registry.refresh_models` looks only at the newest snapshot
+version of each policy, one small query on the (policy, version) index, every
+``model_poll_interval_s`` (0.2 s). A new model is loaded and its catalog's
+block examples parsed on the polling thread before the swap, so the first
+decision on it costs what any other does. A snapshot that cannot be loaded is
+tried once per version, not on every poll.
 """
 
 from __future__ import annotations
@@ -84,6 +92,8 @@ class Registry:
         self.policies: dict[str, PolicyState] = {}
         self._lock = threading.Lock()
         self._on_model = on_model
+        self._broken: set[tuple[str, int]] = set()
+        """(policy, version) snapshots that failed to load: not tried again."""
 
     def slot_by_id(self, slot_id: int) -> SlotState | None:
         for slot in self.slots.values():
@@ -96,9 +106,7 @@ class Registry:
         with self._lock, self._engine.connect() as connection:
             slot_revisions = dict(connection.execute(select(Slot.name, Slot.revision)).all())
             policy_revisions = dict(connection.execute(select(Policy.name, Policy.revision)).all())
-            versions = dict(
-                connection.execute(select(Snapshot.policy_name, func.max(Snapshot.version)).group_by(Snapshot.policy_name)).all()
-            )
+            versions = self._versions(connection)
             for name in list(self.slots):
                 if name not in slot_revisions:
                     del self.slots[name]
@@ -110,10 +118,29 @@ class Registry:
                 if name not in policy_revisions:
                     del self.policies[name]
             for name, revision in policy_revisions.items():
-                current = self.policies.get(name)
+                served = self.policies.get(name)
                 version = versions.get(name, 0) or 0
-                if current is None or current.revision != revision or current.model_version != version:
+                if served is None or served.revision != revision or self._newer(served, version):
                     self.policies[name] = self._load_policy(connection, name, version)
+
+    def refresh_models(self) -> None:
+        """Load the policies whose newest snapshot version changed (the fast poll; safe from any thread)."""
+        with self._lock, self._engine.connect() as connection:
+            versions = self._versions(connection)
+            for name, current in list(self.policies.items()):
+                version = versions.get(name, 0) or 0
+                if self._newer(current, version):
+                    self.policies[name] = self._load_policy(connection, name, version)
+
+    @staticmethod
+    def _versions(connection: Any) -> dict[str, int]:
+        return dict(
+            connection.execute(select(Snapshot.policy_name, func.max(Snapshot.version)).group_by(Snapshot.policy_name)).all()
+        )
+
+    def _newer(self, current: PolicyState, version: int) -> bool:
+        """Does the newest snapshot ``version`` differ from the model served (and is it not known broken)?"""
+        return current.model_version != version and (current.name, version) not in self._broken
 
     def _load_slot(self, connection: Any, name: str) -> SlotState:
         row = connection.execute(select(Slot.__table__).where(Slot.name == name)).mappings().one()
@@ -160,8 +187,20 @@ class Registry:
             chooser = build_chooser(config, model, trained=trained)
         except Exception:  # a broken snapshot must not take the slot down: serve untrained
             log.exception("cannot load model %s v%s; serving it untrained", name, version)
+            self._broken.add((name, version))
             chooser = build_chooser(config)
             version = 0
+        self._warm(chooser, name)
         if self._on_model is not None:
             self._on_model(name, version)
         return PolicyState(name=name, config=config, chooser=chooser, model_version=version, revision=row["revision"])
+
+    def _warm(self, chooser: Chooser, policy_name: str) -> None:
+        """Parse the block examples of the catalogs this policy serves now, before the swap."""
+        for slot in list(self.slots.values()):
+            if slot.policy_name != policy_name or not slot.candidates:
+                continue
+            try:
+                chooser.pmf({}, slot.candidates, slot.catalog_key)
+            except Exception:  # noqa: BLE001 - a warm-up only; the decide path has its own fallback
+                log.debug("warm-up of %s on %s failed", policy_name, slot.name, exc_info=True)

@@ -64,7 +64,10 @@ class ServiceSettings:
     """Python's thread switch interval in the server (default 5 ms): lets the log writer thread
     take the GIL promptly from a busy event loop, so commits and responses are not held up."""
     reload_interval_s: float = 1.0
-    """How often a worker polls for changed slots, policies and new model snapshots."""
+    """How often a worker polls for changed slots and policies (and new model snapshots)."""
+    model_poll_interval_s: float = 0.2
+    """How often a worker looks for a new model snapshot version (one small indexed query) and
+    loads it: part of how soon a learned reward is served (see ``api.learner``)."""
     checkpoint_interval_s: float = 1.0
     """How often a worker copies the SQLite write-ahead log into the database (off the request path)."""
     embedded_learner: bool = True
@@ -87,6 +90,8 @@ class ServiceSettings:
             raise SettingsError("switch_interval_ms must be within [0.05, 100]")
         if not 0.05 <= self.reload_interval_s <= 3600:
             raise SettingsError("reload_interval_s must be within [0.05, 3600]")
+        if not 0.05 <= self.model_poll_interval_s <= 3600:
+            raise SettingsError("model_poll_interval_s must be within [0.05, 3600]")
         if not 0.05 <= self.checkpoint_interval_s <= 3600:
             raise SettingsError("checkpoint_interval_s must be within [0.05, 3600]")
 
@@ -105,7 +110,8 @@ T = TypeVar("T")
 def settings_from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None,
                       overrides: Mapping[str, object]) -> T:
     """A settings dataclass from ``<prefix><FIELD>`` variables, parsed by each field's default type
-    (bool, int, float, comma-separated tuple, str); ``overrides`` win. The class validates."""
+    (bool, int, float, comma-separated tuple, str; ``float | None`` and ``int | None`` fields with a
+    None default take a number, or ``none``/empty for None); ``overrides`` win. The class validates."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for f in fields(cls):  # type: ignore[arg-type]
@@ -113,7 +119,11 @@ def settings_from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | No
         if raw is None:
             continue
         default = f.default
-        if isinstance(default, bool):
+        if default is None and str(f.type).replace(" ", "") in ("float|None", "int|None"):
+            # an optional number: empty (or "none") keeps None, which means "decided elsewhere"
+            number = float if str(f.type).startswith("float") else int
+            values[f.name] = None if raw.strip().lower() in ("", "none") else number(raw)
+        elif isinstance(default, bool):
             values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(default, int):
             values[f.name] = int(raw)

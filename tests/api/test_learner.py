@@ -17,9 +17,12 @@ from api.db.engine import make_engine
 from api.db.learning_models import LearnedDecision
 from api.db.models import Decision, Reward, Snapshot
 from api.learner import (
+    SERVER_SAFETY_MARGIN_S,
+    SQLITE_SAFETY_MARGIN_S,
     Learner,
     LearnerSettings,
     SlotRules,
+    StepReport,
     acquire_lease,
     aggregate_rewards,
     count_late_rewards,
@@ -134,6 +137,95 @@ def test_learner_settings_from_env() -> None:
     assert (s.snapshot_every, s.ledger, s.safety_margin_s) == (7, True, 0.5)
     with pytest.raises(ValueError, match="snapshot_every"):
         LearnerSettings(snapshot_every=0)
+
+
+def test_the_default_safety_margin_depends_on_the_store() -> None:
+    s = LearnerSettings()
+    assert s.safety_margin_s is None
+    assert s.margin_for("sqlite") == SQLITE_SAFETY_MARGIN_S == 0.25
+    assert s.margin_for("postgresql") == SERVER_SAFETY_MARGIN_S == 3.0
+    assert LearnerSettings(safety_margin_s=1.5).margin_for("sqlite") == 1.5
+    assert LearnerSettings(safety_margin_s=0).margin_for("postgresql") == 0.0
+    assert LearnerSettings.from_env({"SLOTBANDIT_LEARNER_SAFETY_MARGIN_S": ""}).safety_margin_s is None
+    assert LearnerSettings.from_env({"SLOTBANDIT_LEARNER_SAFETY_MARGIN_S": "none"}).safety_margin_s is None
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="safety_margin_s"):
+            LearnerSettings(safety_margin_s=bad)
+
+
+def test_a_learner_uses_the_margin_of_its_store(service, engine) -> None:
+    seed(service, reward_window_s=5)
+    decide(service)
+    learner = Learner(engine, LearnerSettings())
+    learner.step(later(10))
+    expected = 0.25 if engine.dialect.name == "sqlite" else 3.0
+    assert learner.policies[SLOT].margin_s == expected
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "first"])
+def test_a_rewards_effect_is_in_a_snapshot_within_the_configured_times(service, engine, aggregation) -> None:
+    """Learnable at the window's close (sum) or at the final reward (first), plus the margin; in a
+    snapshot at most ``snapshot_interval_s`` after it was learned; the run loop sleeps no longer."""
+    window, margin, interval = 5, 0.25, 1.0
+    seed(service, reward_window_s=window, reward_aggregation=aggregation)
+    event = decide(service)["event_id"]
+    reward(service, event, 1.0)
+    with engine.connect() as connection:
+        seq, created = connection.execute(select(Decision.seq, Decision.created_at).where(Decision.event_id == event)).one()
+        rewarded = connection.execute(select(Reward.created_at).where(Reward.event_id == event)).scalar_one()
+    created, rewarded = (m if m.tzinfo else m.replace(tzinfo=UTC) for m in (created, rewarded))
+    ready = created + timedelta(seconds=window) if aggregation == "sum" else rewarded
+    clock = Clock()
+    settings = LearnerSettings(safety_margin_s=margin, snapshot_interval_s=interval, batch_wait_s=0.1,
+                               poll_interval_s=0.25, ledger=True)
+    learner = Learner(engine, settings, clock=clock)
+
+    # just before the margin has passed: waiting, and the loop wakes when it becomes learnable
+    report = learner.step(ready + timedelta(seconds=margin - 0.05))
+    assert (report.learned, report.waiting) == (0, 1)
+    if aggregation == "sum":
+        assert report.ready_in_s == pytest.approx(0.05)
+        assert learner.wait_after(report) == pytest.approx(0.1)  # batch_wait_s: no sooner than that
+    else:  # a final reward is not foreseen by the window: the idle poll finds it
+        assert learner.wait_after(report) == pytest.approx(0.25)
+
+    report = learner.step(ready + timedelta(seconds=margin))
+    assert (report.learned, report.snapshots) == (1, 0)  # learned; the last snapshot was < interval ago
+    policy = learner.policies[SLOT]
+    assert policy.snapshot_due_in() == pytest.approx(interval)
+    assert learner.wait_after(StepReport()) == pytest.approx(0.25)  # idle poll
+    clock.t += 0.6
+    assert learner.wait_after(StepReport()) == pytest.approx(0.25)
+    clock.t += 0.3
+    assert learner.wait_after(StepReport()) == pytest.approx(0.1)  # the snapshot comes first
+    assert learner.step(ready + timedelta(seconds=margin + 0.9)).snapshots == 0
+    clock.t += 0.1
+    report = learner.step(ready + timedelta(seconds=margin + 1.0))
+    assert report.snapshots == 1
+    with engine.connect() as connection:
+        cursor = connection.execute(select(Snapshot.cursor).order_by(Snapshot.version.desc()).limit(1)).scalar_one()
+    assert cursor >= seq and ledger(service.database_url) == {seq: 1.0}
+    assert policy.snapshot_due_in() is None and learner.wait_after(StepReport()) == pytest.approx(0.25)
+
+
+def test_a_backlog_is_learned_without_sleeping(service, learner_for) -> None:
+    seed(service, reward_window_s=0)
+    for _ in range(30):
+        decide(service)
+    learner = learner_for(batch_size=10)
+    report = learner.step(later(1))
+    assert (report.learned, report.waiting) == (10, 0)
+    assert learner.wait_after(report) == 0.0
 
 
 # --------------------------------------------------------------------------- windows and rules
@@ -379,7 +471,7 @@ def test_model_policy_learns_the_simulated_world(sqlite_url, tmp_path, kind: str
     from tests.conftest import create_keys, make_service_settings
 
     admin_key, _ = create_keys(sqlite_url)
-    settings = make_service_settings(sqlite_url, tmp_path, reload_interval_s=3600.0)
+    settings = make_service_settings(sqlite_url, tmp_path, reload_interval_s=3600.0, model_poll_interval_s=3600.0)
     world = World(seed=3)
     headers = {"Authorization": f"Bearer {admin_key}"}
     with TestClient(app=create_app(settings)) as client:  # type: ignore[arg-type]

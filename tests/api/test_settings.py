@@ -17,12 +17,14 @@ def test_service_settings_parse_each_type() -> None:
         "SLOTBANDIT_EMBEDDED_LEARNER": "0",
         "SLOTBANDIT_MAX_CANDIDATES": "20",
         "SLOTBANDIT_RELOAD_INTERVAL_S": "2",
+        "SLOTBANDIT_MODEL_POLL_INTERVAL_S": "0.5",
     }, max_id_length=100)
     assert s.database_url == "postgresql+psycopg://db/x" and not s.is_sqlite
     assert s.geo_headers == ("cf-ipcountry", "x-country")  # header names lower-cased, blanks dropped
     assert s.cors_origins == ("https://a.example", "https://B.example")  # origins kept as written
     assert s.demo is True and s.embedded_learner is False
     assert s.max_candidates == 20 and s.reload_interval_s == 2.0 and s.max_id_length == 100
+    assert s.model_poll_interval_s == 0.5
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,7 @@ def test_service_settings_parse_each_type() -> None:
     [
         ({"SLOTBANDIT_MAX_CANDIDATES": "0"}, SettingsError),
         ({"SLOTBANDIT_RELOAD_INTERVAL_S": "0.001"}, SettingsError),
+        ({"SLOTBANDIT_MODEL_POLL_INTERVAL_S": "0"}, SettingsError),
         ({"SLOTBANDIT_SWITCH_INTERVAL_MS": "500"}, SettingsError),
         ({"SLOTBANDIT_MAX_CANDIDATES": "many"}, ValueError),
     ],
