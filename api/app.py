@@ -296,9 +296,9 @@ async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg
 # Feature modules of the shell. Each may define ROUTES (route handlers) and the async
 # hooks startup(app) / shutdown(app), run after the core state exists / before it goes.
 def _extensions() -> tuple[Any, ...]:
-    from api import dashboard, experiments, learner, model_admin, offline
+    from api import dashboard, experiments, learner, model_admin, offline, reports
 
-    return (learner, model_admin, offline, experiments, dashboard)
+    return (learner, model_admin, offline, experiments, reports, dashboard)
 
 
 class SlotbanditApp(Litestar):

@@ -131,9 +131,9 @@ def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
 
 # Feature modules that add subcommands: each defines add_commands(subparsers, command).
 def _extensions() -> tuple[object, ...]:
-    from api import experiments, learner, model_admin, offline, simulate
+    from api import learner, model_admin, offline, reports, simulate
 
-    return (learner, model_admin, simulate, offline, experiments)
+    return (learner, model_admin, simulate, offline, reports)
 
 
 def build_parser() -> argparse.ArgumentParser:
