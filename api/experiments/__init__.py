@@ -12,13 +12,13 @@ One role per file:
     schemas.py     the request bodies (msgspec structs)
     lifecycle.py   create, start, stop, list and read experiments (routes, reports and dashboard call them)
     routes.py      ``/v1/experiments`` and the beacon routes of the browser snippet
-    feature.py     start-up and shut-down: the experiment book and its poller
+    feature.py     how the feature joins the service (:data:`FEATURE`): the book and its poll job
 """
 
 from __future__ import annotations
 
 from api.experiments.assignment import ExperimentBook, RunningExperiment, unit_draw
-from api.experiments.feature import shutdown, startup
+from api.experiments.feature import FEATURE
 from api.experiments.lifecycle import (
     analysis_config,
     check_policy_for_slot,
@@ -33,6 +33,7 @@ from api.experiments.lifecycle import (
 from api.experiments.routes import ROUTES
 
 __all__ = [
+    "FEATURE",
     "ROUTES",
     "ExperimentBook",
     "RunningExperiment",
@@ -42,10 +43,8 @@ __all__ = [
     "experiment_dict",
     "list_experiments",
     "read_experiment",
-    "shutdown",
     "slot_row",
     "start_experiment",
-    "startup",
     "stop_experiment",
     "unit_draw",
 ]

@@ -1,16 +1,19 @@
 """How the experiments feature joins the service: at start-up the running experiments are loaded into
-an :class:`~api.experiments.assignment.ExperimentBook` that the decider asks for each unit's arm, and a
-poller keeps the book fresh; at shut-down the poller stops."""
+an :class:`~api.experiments.assignment.ExperimentBook` that the decider asks for each unit's arm; a
+job polls the database to keep the book fresh."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from api.experiments.assignment import ExperimentBook
-from api.periodic import Periodic
+from litestar.datastructures import State
 
-__all__ = ["shutdown", "startup"]
+from api.experiments.assignment import ExperimentBook
+from api.experiments.routes import ROUTES
+from api.features import Feature, Job
+
+__all__ = ["FEATURE"]
 
 
 async def startup(app: Any) -> None:
@@ -24,10 +27,14 @@ async def startup(app: Any) -> None:
 
         state.demo_key = await asyncio.to_thread(create_key, state.engine, "decide", "demo page")
 
-    state.experiment_poller = Periodic("experiment-refresh", state.settings.reload_interval_s, book.refresh).start()
+
+def _refresh_book(state: State) -> None:
+    state.experiment_book.refresh()
 
 
-async def shutdown(app: Any) -> None:
-    poller = getattr(app.state, "experiment_poller", None)
-    if poller is not None:
-        await asyncio.to_thread(poller.stop)
+FEATURE = Feature(
+    name="experiments",
+    routes=ROUTES,
+    startup=startup,
+    jobs=(Job("experiment-refresh", _refresh_book, lambda settings: settings.reload_interval_s),),
+)

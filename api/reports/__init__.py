@@ -18,7 +18,7 @@ the package's modules (and its tests); nothing else imports them.
     html.py             the HTML page and its SVG charts
     routes.py           ``GET /v1/experiments/{id}/report``
     cli.py              ``slotbandit report``
-    feature.py          start-up and shut-down: the copy keeper's thread
+    feature.py          how the feature joins the service (``FEATURE``): route, command, keeper job
 
 Report (:func:`build_report`)
     One scan of the experiment's decisions (the covering index
@@ -50,7 +50,7 @@ from __future__ import annotations
 from api.reports.build import build_report, clear_report_cache, latency_quantiles
 from api.reports.cli import add_commands
 from api.reports.exposures import ExperimentData
-from api.reports.feature import shutdown, startup
+from api.reports.feature import FEATURE
 from api.reports.formats import report_csv, report_markdown
 from api.reports.html import forest_plot, render_report_page, series_chart
 from api.reports.keeper import keep_report_copies
@@ -58,6 +58,7 @@ from api.reports.routes import ROUTES, report_for
 from api.reports.scan import fetch_experiment_data
 
 __all__ = [
+    "FEATURE",
     "ROUTES",
     "ExperimentData",
     "add_commands",
@@ -72,6 +73,4 @@ __all__ = [
     "report_for",
     "report_markdown",
     "series_chart",
-    "shutdown",
-    "startup",
 ]

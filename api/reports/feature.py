@@ -1,27 +1,25 @@
-"""How the reports feature joins the service: every serving worker runs the report copy keeper
-(``api.reports.keeper``) on a thread of its own, started with the app and stopped at shut-down."""
+"""How the reports feature joins the service: the report route, ``slotbandit report``, and the
+report copy keeper (``api.reports.keeper``) as a job in every serving worker."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from litestar.datastructures import State
 
-from api.periodic import Periodic
+from api.features import Feature, Job
+from api.reports.cli import add_commands
 from api.reports.keeper import REPORT_COPY_KEEP_INTERVAL_S, keep_report_copies
+from api.reports.routes import ROUTES
 
-__all__ = ["shutdown", "startup"]
-
-
-async def startup(app: Any) -> None:
-    engine = app.state.engine
-
-    def keep() -> None:
-        keep_report_copies(engine)
-
-    app.state.report_copy_keeper = Periodic("report-copies", REPORT_COPY_KEEP_INTERVAL_S, keep).start()
+__all__ = ["FEATURE"]
 
 
-async def shutdown(app: Any) -> None:
-    keeper = getattr(app.state, "report_copy_keeper", None)
-    if keeper is not None:
-        await asyncio.to_thread(keeper.stop)
+def _keep_copies(state: State) -> None:
+    keep_report_copies(state.engine)
+
+
+FEATURE = Feature(
+    name="reports",
+    routes=ROUTES,
+    jobs=(Job("report-copies", _keep_copies, lambda settings: REPORT_COPY_KEEP_INTERVAL_S),),
+    add_commands=add_commands,
+)
