@@ -53,6 +53,7 @@ from api.metrics import Metrics
 from api.periodic import Periodic
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
+from api.state import DEPENDENCIES, AppState
 from bandits.context import RequestFacts, derive_context
 from bandits.features import validate_features
 from bandits.policies import PolicyConfig, VWConfig, build_chooser, check_against_catalog
@@ -352,8 +353,12 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         secret = load_secret(settings)
         decider = Decider(settings, secret, registry,
                           on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
-        app.state.update(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
-                         decider=decider, key_store=KeyStore(engine))
+        app_state = AppState(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
+                             decider=decider, key_store=KeyStore(engine))
+        # the typed state for handlers (api.state), and its parts in the untyped bag for the modules
+        # that still read them there
+        app.state.update(app_state=app_state, settings=settings, engine=engine, metrics=metrics_, registry=registry,
+                         writer=writer, decider=decider, key_store=app_state.key_store)
         for feature in FEATURES:
             if feature.startup is not None:
                 await feature.startup(app)
@@ -366,7 +371,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         poller = Periodic("registry-refresh", settings.reload_interval_s, registry.refresh).start()
         checkpointer = (Periodic("wal-checkpoint", settings.checkpoint_interval_s, lambda: checkpoint(engine)).start()
                         if engine.dialect.name == "sqlite" else None)
-        jobs = [Periodic(job.name, job.interval_s(settings), functools.partial(job.run, app.state)).start()
+        jobs = [Periodic(job.name, job.interval_s(settings), functools.partial(job.run, app_state)).start()
                 for feature in FEATURES for job in feature.jobs]
         try:
             yield
@@ -394,6 +399,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
                         list_policies, get_policy, get_event, delete_unit, health, metrics,
                         *[route for feature in FEATURES for route in feature.routes]],
         lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
         logging_config=logging_config,

@@ -18,7 +18,6 @@ import asyncio
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
@@ -29,6 +28,7 @@ from api.db.models import Activation, Decision, Reward
 from api.experiments import list_experiments
 from api.pages import STATIC, environment
 from api.reports import render_report_page, report_for
+from api.state import AppState, ProvidedAppState
 
 __all__ = ["ROUTES"]
 
@@ -41,23 +41,19 @@ def _html(text: str, status: int = 200) -> Response[str]:
                              "Referrer-Policy": "same-origin"})
 
 
-def _state(request: Request) -> State:  # type: ignore[type-arg]
-    return request.app.state
-
-
-def _admin(request: Request) -> bool:  # type: ignore[type-arg]
+def _admin(request: Request, state: AppState) -> bool:  # type: ignore[type-arg]
     key = request.cookies.get(COOKIE)
     if not key:
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return bool(key) and _state(request).key_store.scope_of(key) == "admin"
+    return key is not None and key != "" and state.key_store.scope_of(key) == "admin"
 
 
 def _login_redirect() -> Redirect:
     return Redirect("/dashboard/login", status_code=303)
 
 
-def _counters(state: State) -> dict[str, dict[str, int]]:
+def _counters(state: AppState) -> dict[str, dict[str, int]]:
     with state.engine.connect() as connection:
         decisions = dict(connection.execute(select(Decision.slot_id, func.count()).group_by(Decision.slot_id)).all())
         rewards = dict(connection.execute(select(Decision.slot_id, func.count()).select_from(Reward)
@@ -79,10 +75,10 @@ def login_page(request: Request) -> Response[str]:  # type: ignore[type-arg]
 
 
 @post("/dashboard/login", status_code=303)
-async def login(request: Request,  # type: ignore[type-arg]
+async def login(request: Request, app_state: ProvidedAppState,  # type: ignore[type-arg]
                 data: URLEncodedBody[dict[str, str]]) -> Response[str]:
     key = (data.get("key") or "").strip()
-    scope = await asyncio.to_thread(_state(request).key_store.scope_of, key) if key else None
+    scope = await asyncio.to_thread(app_state.key_store.scope_of, key) if key else None
     if scope != "admin":
         return _html(environment.get_template("login.html").render(error="That is not an admin key."), status=401)
     host = (request.url.hostname or "").lower()
@@ -101,46 +97,45 @@ async def logout(request: Request) -> Response[str]:  # type: ignore[type-arg]
 
 
 @get("/dashboard", sync_to_thread=True)
-def overview(request: Request) -> Response[str]:  # type: ignore[type-arg]
-    if not _admin(request):
+def overview(request: Request, app_state: ProvidedAppState) -> Response[str]:  # type: ignore[type-arg]
+    if not _admin(request, app_state):
         return _login_redirect()  # type: ignore[return-value]
-    state = _state(request)
-    experiments = list_experiments(state.engine)
+    experiments = list_experiments(app_state.engine)
     by_slot: dict[str, list[dict[str, Any]]] = {}
     for e in experiments:
         by_slot.setdefault(e["slot"], []).append(e)
-    slots = sorted(state.registry.slots.values(), key=lambda s: s.name)
-    policies = state.registry.policies
+    slots = sorted(app_state.registry.slots.values(), key=lambda s: s.name)
+    policies = app_state.registry.policies
     return _html(environment.get_template("overview.html").render(
-        slots=slots, policies=policies, experiments=by_slot, counters=_counters(state)))
+        slots=slots, policies=policies, experiments=by_slot, counters=_counters(app_state)))
 
 
 @get("/dashboard/counters.json", sync_to_thread=True)
-def counters(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
-    if not _admin(request):
+def counters(request: Request, app_state: ProvidedAppState) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    if not _admin(request, app_state):
         return Response({"error": "unauthorized"}, status_code=401)
-    return Response(_counters(_state(request)), headers={"Cache-Control": "no-store"})
+    return Response(_counters(app_state), headers={"Cache-Control": "no-store"})
 
 
 @get("/dashboard/experiments/{experiment_id:int}", sync_to_thread=True)
-def report_page(request: Request, experiment_id: FromPath[int], bucket: FromQuery[str] = "auto") -> Response[str]:  # type: ignore[type-arg]
-    if not _admin(request):
+def report_page(request: Request, app_state: ProvidedAppState, experiment_id: FromPath[int],  # type: ignore[type-arg]
+                bucket: FromQuery[str] = "auto") -> Response[str]:
+    if not _admin(request, app_state):
         return _login_redirect()  # type: ignore[return-value]
-    report = report_for(_state(request), experiment_id, bucket)
+    report = report_for(app_state, experiment_id, bucket)
     return _html(render_report_page(report))
 
 
 @get("/demo", sync_to_thread=False)
-def demo(request: Request, slot: FromQuery[str | None] = None) -> Response[str]:  # type: ignore[type-arg]
-    state = _state(request)
-    key = getattr(state, "demo_key", None)
-    if not state.settings.demo or key is None:
+def demo(app_state: ProvidedAppState, slot: FromQuery[str | None] = None) -> Response[str]:
+    key = app_state.demo_key
+    if not app_state.settings.demo or key is None:
         return _html("<!doctype html><title>demo off</title><p>The demo page is served with SLOTBANDIT_DEMO=1.</p>",
                      status=404)
-    names = sorted(state.registry.slots)
-    chosen = slot if slot in state.registry.slots else next((n for n in names if n.startswith("demo")),
-                                                            names[0] if names else None)
-    blocks = state.registry.slots[chosen].candidates if chosen else ()
+    names = sorted(app_state.registry.slots)
+    chosen = slot if slot in app_state.registry.slots else next((n for n in names if n.startswith("demo")),
+                                                                names[0] if names else None)
+    blocks = app_state.registry.slots[chosen].candidates if chosen else ()
     return _html(environment.get_template("demo.html").render(slot=chosen, key=key, blocks=blocks))
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
-from litestar.datastructures import State
 from litestar.types import ControllerRouterHandler
 
 from api.settings import ServiceSettings
+from api.state import AppState
 
 __all__ = ["AddCommands", "Feature", "Hook", "Job"]
 
@@ -25,12 +25,12 @@ AddCommands = Callable[[Any, Callable[[str], Callable[[Any], Any]]], None]
 
 @dataclass(frozen=True)
 class Job:
-    """A function of the shared state run every few seconds on a thread of its own
+    """A function of the worker's :class:`~api.state.AppState` run every few seconds on a thread of its own
     (``api.periodic.Periodic``), from after the start-up hooks until before the shut-down hooks."""
 
     name: str
     """The thread's name, also in the log line when a run fails."""
-    run: Callable[[State], None]
+    run: Callable[[AppState], None]
     interval_s: Callable[[ServiceSettings], float]
     """Seconds between runs (the first run comes one interval after start-up)."""
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar.datastructures import State
-
 from api.experiments.assignment import ExperimentBook
+from api.experiments.lifecycle import refresh_experiment_book
 from api.experiments.routes import ROUTES
 from api.features import Feature, Job
+from api.state import app_state_of
 
 __all__ = ["FEATURE"]
 
 
 async def startup(app: Any) -> None:
-    state = app.state
+    state = app_state_of(app)
     book = ExperimentBook(state.engine)
     await asyncio.to_thread(book.refresh)
     state.experiment_book = book
@@ -28,13 +28,9 @@ async def startup(app: Any) -> None:
         state.demo_key = await asyncio.to_thread(create_key, state.engine, "decide", "demo page")
 
 
-def _refresh_book(state: State) -> None:
-    state.experiment_book.refresh()
-
-
 FEATURE = Feature(
     name="experiments",
     routes=ROUTES,
     startup=startup,
-    jobs=(Job("experiment-refresh", _refresh_book, lambda settings: settings.reload_interval_s),),
+    jobs=(Job("experiment-refresh", refresh_experiment_book, lambda settings: settings.reload_interval_s),),
 )

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar.datastructures import State
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from analysis.experiments import AnalysisConfig, ExperimentError
@@ -29,6 +28,7 @@ from api.db.experiment_models import Experiment, ExperimentArm
 from api.db.models import CatalogVersion, Policy, Slot, Snapshot, utcnow
 from api.errors import ApiError
 from api.experiments.schemas import ExperimentIn
+from api.state import AppState
 from bandits.errors import InvalidPolicy
 from bandits.policies import PolicyConfig, VWConfig, check_against_catalog
 
@@ -39,6 +39,7 @@ __all__ = [
     "experiment_dict",
     "list_experiments",
     "read_experiment",
+    "refresh_experiment_book",
     "slot_row",
     "start_experiment",
     "stop_experiment",
@@ -91,7 +92,7 @@ def analysis_config(metric: str, analysis: Mapping[str, Any], binary: bool = Fal
     return AnalysisConfig(metric=metric, binary=bool(analysis.get("binary", binary)), **values)  # type: ignore[arg-type]
 
 
-def create_experiment(state: State, body: bytes) -> dict[str, Any]:
+def create_experiment(state: AppState, body: bytes) -> dict[str, Any]:
     payload: ExperimentIn = _decode(body, ExperimentIn)
     names = [a.name for a in payload.arms]
     for index, name in enumerate(names):
@@ -205,7 +206,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-def start_experiment(state: State, experiment_id: int) -> dict[str, Any]:
+def start_experiment(state: AppState, experiment_id: int) -> dict[str, Any]:
     with state.engine.begin() as connection:
         info = read_experiment(connection, experiment_id)
         if info["status"] != "draft":
@@ -225,7 +226,7 @@ def start_experiment(state: State, experiment_id: int) -> dict[str, Any]:
         connection.execute(update(Experiment).where(Experiment.id == experiment_id).values(
             status="running", started_at=utcnow(), revision=Experiment.revision + 1))
     state.registry.refresh()
-    state.experiment_book.refresh()
+    refresh_experiment_book(state)
     return experiment_dict(state.engine, experiment_id)
 
 
@@ -243,14 +244,21 @@ def _copy_snapshot(connection: Connection, source: str, target: str) -> None:
         metrics={"copied_from": source, "source_version": latest.version}, created_at=utcnow()))
 
 
-def stop_experiment(state: State, experiment_id: int) -> dict[str, Any]:
+def refresh_experiment_book(state: AppState) -> None:
+    """Reload the running experiments into the worker's book (after a start or stop here, so that
+    this worker's decisions see it at once; other workers see it at their next poll)."""
+    if state.experiment_book is not None:
+        state.experiment_book.refresh()
+
+
+def stop_experiment(state: AppState, experiment_id: int) -> dict[str, Any]:
     with state.engine.begin() as connection:
         info = read_experiment(connection, experiment_id)
         if info["status"] != "running":
             raise ApiError(409, "experiment_not_running", f"experiment {experiment_id} is {info['status']}", "status")
         connection.execute(update(Experiment).where(Experiment.id == experiment_id).values(
             status="stopped", stopped_at=utcnow(), revision=Experiment.revision + 1))
-    state.experiment_book.refresh()
+    refresh_experiment_book(state)
     return experiment_dict(state.engine, experiment_id)
 
 
