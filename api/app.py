@@ -4,14 +4,16 @@ Thin shell: handlers decode and bound the request, call ``api.hot_path`` (decide
 activate, reward) / ``api.db.queries`` and turn errors into 4xx responses
 (``api.errors``). :class:`SlotbanditApp` answers the hot calls of servers straight
 from ASGI before Litestar routes anything; the lifespan builds the shared state
-(engine, registry, log writer, decider), starts the pollers and the WAL
-checkpointer, and freezes start-up objects out of the garbage collector's sight.
+(engine, registry, log writer, decider), runs the start-up hooks of the
+:data:`FEATURES`, starts the pollers, the WAL checkpointer and the features' jobs,
+and freezes start-up objects out of the garbage collector's sight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import sys
@@ -30,13 +32,14 @@ from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
-from api import schemas
+from api import dashboard, experiments, learner, model_admin, offline, reports, schemas, simulate
 from api.auth import KeyStore, require_admin, require_decide
 from api.db import queries
 from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
 from api.db.models import Policy, Slot
 from api.decide import Decider, unit_key
 from api.errors import ApiError, exception_handlers
+from api.features import Feature
 from api.hot_path import (
     activate_event,
     existing_event,
@@ -50,12 +53,13 @@ from api.metrics import Metrics
 from api.periodic import Periodic
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
+from api.state import DEPENDENCIES, AppState
 from bandits.choosers import build_chooser, check_against_catalog
 from bandits.context import RequestFacts, derive_context
 from bandits.features import validate_features
 from bandits.policies import PolicyConfig
 
-__all__ = ["create_app"]
+__all__ = ["FEATURES", "create_app"]
 
 log = logging.getLogger("slotbandit.app")
 
@@ -293,12 +297,19 @@ async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg
 # -- application -----------------------------------------------------------------------
 
 
-# Feature modules of the shell. Each may define ROUTES (route handlers) and the async
-# hooks startup(app) / shutdown(app), run after the core state exists / before it goes.
-def _extensions() -> tuple[Any, ...]:
-    from api import dashboard, experiments, learner, model_admin, offline
-
-    return (learner, model_admin, offline, experiments, dashboard)
+# The features of the service, by name: the app takes their routes, hooks and jobs, the
+# command line their subcommands. Packages declare their own FEATURE; the modules that are
+# not folders yet are declared here from their parts.
+FEATURES: tuple[Feature, ...] = (
+    Feature("learner", startup=learner.startup, shutdown=learner.shutdown, add_commands=learner.add_commands),
+    Feature("model_admin", routes=model_admin.ROUTES, add_commands=model_admin.add_commands),
+    Feature("simulate", add_commands=simulate.add_commands),
+    Feature("offline", routes=offline.ROUTES, startup=offline.startup, shutdown=offline.shutdown,
+            add_commands=offline.add_commands),
+    experiments.FEATURE,
+    reports.FEATURE,
+    Feature("dashboard", routes=dashboard.ROUTES),
+)
 
 
 class SlotbanditApp(Litestar):
@@ -318,7 +329,6 @@ class SlotbanditApp(Litestar):
 
 def create_app(settings: ServiceSettings | None = None) -> Litestar:
     settings = settings or ServiceSettings.from_env()
-    extensions = _extensions()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -343,11 +353,15 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         secret = load_secret(settings)
         decider = Decider(settings, secret, registry,
                           on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
-        app.state.update(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
-                         decider=decider, key_store=KeyStore(engine))
-        for module in extensions:
-            if hasattr(module, "startup"):
-                await module.startup(app)
+        app_state = AppState(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
+                             decider=decider, key_store=KeyStore(engine))
+        # the typed state for handlers (api.state), and its parts in the untyped bag for the modules
+        # that still read them there
+        app.state.update(app_state=app_state, settings=settings, engine=engine, metrics=metrics_, registry=registry,
+                         writer=writer, decider=decider, key_store=app_state.key_store)
+        for feature in FEATURES:
+            if feature.startup is not None:
+                await feature.startup(app)
 
         # Everything loaded so far (libraries, catalog, models) lives as long as the process: move
         # it out of the collector's sight. A full collection otherwise walked all of it, a pause of
@@ -358,6 +372,8 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         model_poller = Periodic("model-refresh", settings.model_poll_interval_s, registry.refresh_models).start()
         checkpointer = (Periodic("wal-checkpoint", settings.checkpoint_interval_s, lambda: checkpoint(engine)).start()
                         if engine.dialect.name == "sqlite" else None)
+        jobs = [Periodic(job.name, job.interval_s(settings), functools.partial(job.run, app_state)).start()
+                for feature in FEATURES for job in feature.jobs]
         try:
             yield
         finally:
@@ -366,9 +382,11 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
             await asyncio.to_thread(model_poller.stop)
             if checkpointer is not None:
                 await asyncio.to_thread(checkpointer.stop)
-            for module in reversed(extensions):
-                if hasattr(module, "shutdown"):
-                    await module.shutdown(app)
+            for job in reversed(jobs):
+                await asyncio.to_thread(job.stop)
+            for feature in reversed(FEATURES):
+                if feature.shutdown is not None:
+                    await feature.shutdown(app)
             await asyncio.to_thread(writer.close)
             engine.dispose()
 
@@ -381,8 +399,9 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
     app = SlotbanditApp(
         route_handlers=[decide, activate, reward, put_slot, list_slots, get_slot, put_block, delete_block, put_policy,
                         list_policies, get_policy, get_event, delete_unit, health, metrics,
-                        *[route for module in extensions for route in getattr(module, "ROUTES", [])]],
+                        *[route for feature in FEATURES for route in feature.routes]],
         lifespan=[lifespan],
+        dependencies=DEPENDENCIES,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
         logging_config=logging_config,

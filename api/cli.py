@@ -132,13 +132,6 @@ def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
-# Feature modules that add subcommands: each defines add_commands(subparsers, command).
-def _extensions() -> tuple[object, ...]:
-    from api import experiments, learner, model_admin, offline, simulate
-
-    return (learner, model_admin, simulate, offline, experiments)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slotbandit",
@@ -173,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--events", type=int, default=3000, help="simulated visitors to send")
     demo.add_argument("--exit", action="store_true", help="stop after the scripted part (for tests)")
-    for module in _extensions():
-        add = getattr(module, "add_commands", None)
-        if add is not None:
-            add(sub, command)
+    from api.app import FEATURES  # the features add their own subcommands
+
+    for feature in FEATURES:
+        if feature.add_commands is not None:
+            feature.add_commands(sub, command)
     return parser
 
 

@@ -6,7 +6,7 @@
 are the endpoints: decode and bound the body, act, await the log commit, build
 the response. The Litestar routes in ``api.app`` call them, so they are in the
 OpenAPI schema and answer browser calls with Litestar's CORS handling (the
-beacon routes of ``api.experiments`` call the event ones too). :func:`fast_call`
+beacon routes of ``api.experiments.routes`` call the event ones too). :func:`fast_call`
 calls them straight from ASGI, ahead of Litestar's router, for every request
 without an ``Origin`` header (servers, SDKs, load): a profile of the server
 under load put a fifth of a decision's CPU in Litestar's routing, guard (it

@@ -8,14 +8,14 @@ bulk-inserts the decisions (about 330,000 units, several decisions each, four
 devices, ten countries, four day parts, 14 days) with ~10% clicks as rewards and
 ~60% activations through sqlite3 ``executemany`` in one transaction, the segment
 columns filled as the decide path fills them, then times
-:func:`api.experiments.build_report` with the offline section (20,000 decisions
+:func:`api.reports.build_report` with the offline section (20,000 decisions
 evenly spaced over the log) after one untimed report that pays the imports and
 writes the report copy:
 
 - from scratch: the experiment's report copy deleted first, so the report reads
   the whole log and writes the copy again (what the first report after the
   upgrade to migration 0006, a purge or an erased unit costs); median of three;
-- a keeper pass (:func:`api.experiments.keep_report_copies`) writing the copy
+- a keeper pass (:func:`api.reports.keep_report_copies`) writing the copy
   that a purge removed, as each serving worker does in the background;
 - cold: the process's report cache cleared, the copy in place (what a report
   costs whenever the log changed); median of ``--runs``; the file is in the OS
@@ -66,7 +66,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from api.db.engine import make_engine, migrate
-from api.experiments import build_report, clear_report_cache, keep_report_copies
+from api.reports import build_report, clear_report_cache, keep_report_copies
 
 DEVICES = ["mobile", "desktop", "tablet", "unknown"]
 COUNTRIES = ["DE", "FR", "US", "GB", "ES", "IT", "NL", "PL", "SE", "BR"]
@@ -198,7 +198,7 @@ def timed(engine: Engine, experiment_id: int, *, cold: bool = True, runs: int = 
 FRESH = """
 import sys, time
 from api.db.engine import make_engine
-from api.experiments import build_report
+from api.reports import build_report
 engine = make_engine(sys.argv[1])
 t = time.perf_counter()
 build_report(engine, int(sys.argv[2]))

@@ -1,7 +1,7 @@
 """Experiment tables: an experiment on a slot and its arms (models on ``api.db.models.Base``).
 
 An experiment is ``draft`` -> ``running`` -> ``stopped``; at most one per slot
-is running (checked in ``api.experiments`` inside the transaction that starts
+is running (checked in ``api.experiments.lifecycle`` inside the transaction that starts
 it). ``salt`` keys the unit -> arm hash of this experiment alone, so that
 assignments are independent across experiments. Decisions refer to an
 experiment by ``decisions.experiment_id`` and to an arm by its name
@@ -69,7 +69,7 @@ class ExperimentArm(Base):
 
 
 class ReportChunk(Base):
-    """Part of the report's binary copy of an experiment's log (migration 0006; ``api.experiments``,
+    """Part of the report's binary copy of an experiment's log (migration 0006; ``api.reports.copy``,
     "Report copy"). Written by report readers only. Chunk ``position`` k covers the decisions after
     chunk k-1's cursor up to its own (``meta``: base and cursor of decision seq, reward id and
     activation key, the row counts at the cursor, new labels); ``data`` is an ``.npz`` of the

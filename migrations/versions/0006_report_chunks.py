@@ -7,7 +7,7 @@ rows that never change again. ``report_chunks`` keeps what the report derived
 from them (encoded columns, unit hashes, windowed reward rows, activation
 flags) as append-only binary chunks, each with the cursors (decision seq,
 reward id, activation key) and row counts it covers, so a report reads the
-chunks and only the rows past the cursors (``api.experiments``, "Report copy").
+chunks and only the rows past the cursors (``api.reports.copy``).
 
 The table is written by report readers only; nothing on the decision, reward
 or activation write path touches it. Existing experiments need no backfill:

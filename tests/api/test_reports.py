@@ -231,7 +231,7 @@ def _reference_data(connection, experiment_id, arms, slot, bucket="day"):
     from sqlalchemy import select
 
     from api.db.models import Activation, Decision, Reward
-    from api.experiments import ExperimentData
+    from api.reports import ExperimentData
 
     decisions = connection.execute(select(Decision.__table__).where(Decision.experiment_id == experiment_id)
                                    .order_by(Decision.seq)).mappings().all()
@@ -276,8 +276,8 @@ def _reference_data(connection, experiment_id, arms, slot, bucket="day"):
 @pytest.mark.parametrize("aggregation", ["sum", "max", "first"])
 def test_fast_report_equals_the_reference_computation(database_url, aggregation, messy, monkeypatch) -> None:
     """The joined-column scan and its numpy encoding give the very report that plain Python gives."""
-    from api import experiments
     from api.db.engine import make_engine
+    from api.reports import build, scan
 
     eid, _ = _seed_log(database_url, aggregation, messy)
     engine = make_engine(database_url)
@@ -285,11 +285,11 @@ def test_fast_report_equals_the_reference_computation(database_url, aggregation,
         for bucket in ("day", "hour"):
             with monkeypatch.context() as patch:
                 if not messy:  # clean rows never take the Python path
-                    patch.setattr(experiments, "_codes", lambda *a: pytest.fail("slow path on clean rows"))
-                fast = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+                    patch.setattr(scan, "_codes", lambda *a: pytest.fail("slow path on clean rows"))
+                fast = build.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
             with monkeypatch.context() as patch:
-                patch.setattr(experiments, "fetch_experiment_data", _reference_data)
-                reference = experiments.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
+                patch.setattr(build, "fetch_experiment_data", _reference_data)
+                reference = build.build_report(engine, eid, bucket=bucket, offline=False, cache=False)
             for report in (fast, reference):
                 report.pop("generated_at"), report.pop("timing_ms")
             assert fast == reference
@@ -307,27 +307,27 @@ def test_report_cache_serves_repeats_and_notices_new_rewards(sqlite_url) -> None
 
     from sqlalchemy import insert
 
-    from api import experiments
     from api.db.engine import make_engine
     from api.db.models import Reward
+    from api.reports import build
 
     eid, _ = _seed_log(sqlite_url, "sum", messy=False)
     engine = make_engine(sqlite_url)
-    experiments.clear_report_cache()
+    build.clear_report_cache()
     try:
-        first = experiments.build_report(engine, eid, bucket="day", offline=False)
-        again = experiments.build_report(engine, eid, bucket="day", offline=False)
+        first = build.build_report(engine, eid, bucket="day", offline=False)
+        again = build.build_report(engine, eid, bucket="day", offline=False)
         assert not first["timing_ms"]["cached"] and again["timing_ms"]["cached"]
         assert again["arms"] == first["arms"] and again["segments"] == first["segments"]
         with engine.begin() as c:  # a reward for the first decision, within its window
             c.execute(insert(Reward).values(event_id="ev0", reward_id="late-click", value=0.5,
                                             created_at=datetime.fromisoformat(first["experiment"]["started_at"])))
-        fresh = experiments.build_report(engine, eid, bucket="day", offline=False)
+        fresh = build.build_report(engine, eid, bucket="day", offline=False)
         assert not fresh["timing_ms"]["cached"]
-        assert experiments.build_report(engine, eid, bucket="day", offline=False, latency={"p95": 1.0})["timing_ms"][
+        assert build.build_report(engine, eid, bucket="day", offline=False, latency={"p95": 1.0})["timing_ms"][
             "cached"]
     finally:
-        experiments.clear_report_cache()
+        build.clear_report_cache()
         engine.dispose()
 
 
@@ -424,24 +424,25 @@ def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, m
 
     from sqlalchemy import func, insert, select
 
-    from api import experiments
     from api.db import queries
     from api.db.engine import make_engine
     from api.db.experiment_models import ReportChunk
     from api.db.models import Decision, Reward
+    from api.reports import build, scan
+    from api.reports import copy as report_copy
 
-    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
-    monkeypatch.setattr(experiments, "REPORT_COPY_GROWTH", 0.05)
-    monkeypatch.setattr(experiments, "REPORT_COPY_MAX_CHUNKS", 3)
-    read = experiments.fetch_experiment_data
+    monkeypatch.setattr(report_copy, "REPORT_COPY_MIN_DECISIONS", 50)
+    monkeypatch.setattr(report_copy, "REPORT_COPY_GROWTH", 0.05)
+    monkeypatch.setattr(report_copy, "REPORT_COPY_MAX_CHUNKS", 3)
+    read = scan.fetch_experiment_data
     eid, _ = _seed_log(database_url, aggregation, messy=False)
     engine = make_engine(database_url)
 
     def report(patched=None, bucket="day", offline=False):
         with monkeypatch.context() as patch:
             if patched is not None:
-                patch.setattr(experiments, "fetch_experiment_data", patched)
-            body = experiments.build_report(engine, eid, bucket=bucket, offline=offline, cache=False)
+                patch.setattr(build, "fetch_experiment_data", patched)
+            body = build.build_report(engine, eid, bucket=bucket, offline=offline, cache=False)
         body.pop("generated_at")
         return body, body.pop("timing_ms")
 
@@ -473,7 +474,7 @@ def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, m
         _append_log(engine, eid, 600, 30, seed=1, old_rewards=40)  # below the growth threshold: read, not copied
         check(copied_decisions=600, read_decisions=30, copy_written=False)
         engine.dispose()  # a restart: a new process finds the copy in the database
-        experiments.clear_report_cache()
+        build.clear_report_cache()
         engine = make_engine(database_url)
         check(copied_decisions=600, read_decisions=30, offline=True)
         first = 630
@@ -510,15 +511,16 @@ def test_report_copy_equals_a_read_of_the_whole_log(database_url, aggregation, m
 
 def test_report_copy_is_not_written_for_keys_it_cannot_carry(sqlite_url, monkeypatch) -> None:
     """Unit keys holding the column separator take the Python path: that report reads the whole log, as before."""
-    from api import experiments
     from api.db.engine import make_engine
+    from api.reports import build
+    from api.reports import copy as report_copy
 
-    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    monkeypatch.setattr(report_copy, "REPORT_COPY_MIN_DECISIONS", 50)
     eid, _ = _seed_log(sqlite_url, "max", messy=True)
     engine = make_engine(sqlite_url)
     try:
         for _ in range(2):
-            report = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+            report = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
             assert report["timing_ms"]["source"]["copy_written"] is False
             assert report["timing_ms"]["source"]["copied_decisions"] == 0
     finally:
@@ -534,10 +536,9 @@ def test_guardrail_fallback_rate_is_tested_against_control_and_named_in_the_verd
     from sqlalchemy import select, update
 
     from analysis.experiments import AnalysisConfig, ArmStats, guardrail_checks
-    from api import experiments
-    from api.dashboard import render_report_page
     from api.db.engine import make_engine
     from api.db.models import Decision
+    from api.reports import build, render_report_page
 
     eid, _ = _seed_log(database_url, "sum", messy=False)
     engine = make_engine(database_url)
@@ -549,7 +550,7 @@ def test_guardrail_fallback_rate_is_tested_against_control_and_named_in_the_verd
             c.execute(update(Decision).where(Decision.arm == "c", Decision.seq % 10 == 1).values(fallback=True))
             rows = c.execute(select(Decision.unit_key, Decision.arm, Decision.fallback, Decision.deferred,
                                     Decision.event_id).where(Decision.experiment_id == eid)).all()
-        report = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        report = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
         # per-unit fallback counts of the shown decisions, the plain way
         shown = {r.event_id for r in rows if not r.deferred} | {
             e for e in experiments_activated(engine) if e in {r.event_id for r in rows}}
@@ -597,9 +598,10 @@ def test_offline_section_uses_every_decision_or_an_even_sample_and_says_how_many
     of the evaluated decisions."""
     from sqlalchemy import select
 
-    from api import experiments
     from api.db.engine import make_engine
     from api.db.models import Decision
+    from api.reports import build
+    from api.reports import offline as report_offline
 
     eid, slot = _seed_log(sqlite_url, "sum", messy=False)
     engine = make_engine(sqlite_url)
@@ -612,8 +614,8 @@ def test_offline_section_uses_every_decision_or_an_even_sample_and_says_how_many
         n = len(seqs)
         assert len(row_of) == reference.arm.size > 300 and n == 600
         for limit, ranks in ((10_000, range(n)), (100, [i * n // 100 for i in range(100)])):
-            monkeypatch.setattr(experiments, "OFFLINE_SAMPLE_EVENTS", limit)
-            report = experiments.build_report(engine, eid, bucket="day", offline=True, cache=False)
+            monkeypatch.setattr(report_offline, "OFFLINE_SAMPLE_EVENTS", limit)
+            report = build.build_report(engine, eid, bucket="day", offline=True, cache=False)
             offline = report["offline"]
             evaluated = [row_of[seqs[r]] for r in ranks if seqs[r] in row_of]
             assert offline["available"] and offline["events"] == len(evaluated) < len(ranks)
@@ -646,7 +648,7 @@ def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
     grouping the rows again (``_unit_stats``), for a segment constant within a unit and one that is not."""
     import numpy as np
 
-    from api.experiments import _ArmUnits, _group_totals, _unit_stats
+    from api.reports.unit_statistics import _ArmUnits, _group_totals, _unit_stats
 
     rng = np.random.default_rng(units)
     n, n_arms = 600, 3
@@ -672,20 +674,21 @@ def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
 def test_migration_0006_adds_the_report_copy_to_a_database_with_experiments(database_url, monkeypatch) -> None:
     """A log written before 0006 upgrades in place; its experiment's first report builds the copy from the log,
     and the next one, read from the copy, is the same report."""
-    from api import experiments
     from api.db import engine as engine_module
     from api.db.engine import make_engine, migrate
+    from api.reports import build
+    from api.reports import copy as report_copy
 
     migrate(database_url, "0005")
     with monkeypatch.context() as patch:
         patch.setattr(engine_module, "migrate", lambda *a, **k: None)  # seed the 0005 schema as it is
         eid, _ = _seed_log(database_url, "max", messy=False)
     migrate(database_url)
-    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    monkeypatch.setattr(report_copy, "REPORT_COPY_MIN_DECISIONS", 50)
     engine = make_engine(database_url)
     try:
-        first = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
-        second = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        first = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        second = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
         assert first["timing_ms"]["source"]["copy_written"] and second["timing_ms"]["source"]["copied_decisions"] == 600
         for report in (first, second):
             report.pop("generated_at"), report.pop("timing_ms")
@@ -702,11 +705,12 @@ def test_the_keeper_brings_running_experiments_copies_up_to_date_once(database_u
 
     from sqlalchemy import func, insert, select, update
 
-    from api import experiments
     from api.db.engine import make_engine
     from api.db.experiment_models import Experiment, ReportChunk
+    from api.reports import build, keeper
+    from api.reports import copy as report_copy
 
-    monkeypatch.setattr(experiments, "REPORT_COPY_MIN_DECISIONS", 50)
+    monkeypatch.setattr(report_copy, "REPORT_COPY_MIN_DECISIONS", 50)
     eid, _ = _seed_log(database_url, "sum", messy=False)
     engine = make_engine(database_url)
 
@@ -716,26 +720,26 @@ def test_the_keeper_brings_running_experiments_copies_up_to_date_once(database_u
                                                                                  ReportChunk.position >= 0)).scalar()
 
     try:
-        assert experiments.keep_report_copies(engine) == [] and chunks() == 0  # stopped: left alone
+        assert keeper.keep_report_copies(engine) == [] and chunks() == 0  # stopped: left alone
         with engine.begin() as c:
             c.execute(update(Experiment).where(Experiment.id == eid).values(status="running"))
             c.execute(insert(ReportChunk).values(experiment_id=eid, position=-1, fingerprint="claim", meta={},
                                                  data=b"", created_at=datetime.now(UTC)))
-        assert experiments.keep_report_copies(engine) == [] and chunks() == 0  # another keeper holds it
+        assert keeper.keep_report_copies(engine) == [] and chunks() == 0  # another keeper holds it
         with engine.begin() as c:
             c.execute(update(ReportChunk).where(ReportChunk.position == -1)
                       .values(created_at=datetime.now(UTC) - timedelta(hours=1)))
-        assert experiments.keep_report_copies(engine) == [eid] and chunks() == 1  # the stale claim taken over
-        assert experiments.keep_report_copies(engine) == []  # up to date: nothing to do
+        assert keeper.keep_report_copies(engine) == [eid] and chunks() == 1  # the stale claim taken over
+        assert keeper.keep_report_copies(engine) == []  # up to date: nothing to do
         _append_log(engine, eid, 600, 70, seed=4, old_rewards=10)
-        assert experiments.keep_report_copies(engine) == [eid] and chunks() == 2
+        assert keeper.keep_report_copies(engine) == [eid] and chunks() == 2
         with engine.connect() as c:
             assert c.execute(select(func.count()).select_from(ReportChunk).where(ReportChunk.position == -1)).scalar() == 0
-        kept = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+        kept = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
         assert kept["timing_ms"]["source"]["copied_decisions"] == 670 and kept["timing_ms"]["source"]["read_decisions"] == 0
         with monkeypatch.context() as patch:
-            patch.setattr(experiments, "fetch_experiment_data", _reference_data)
-            reference = experiments.build_report(engine, eid, bucket="day", offline=False, cache=False)
+            patch.setattr(build, "fetch_experiment_data", _reference_data)
+            reference = build.build_report(engine, eid, bucket="day", offline=False, cache=False)
         for report in (kept, reference):
             report.pop("generated_at"), report.pop("timing_ms")
         assert kept == reference
