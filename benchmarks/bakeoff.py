@@ -738,6 +738,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(default: the service's policies and every peer at its defaults)",
     )
     parser.add_argument("--json", action="store_true", help="print the per-dataset results as JSON instead of tables")
+    parser.add_argument("--json-file", type=Path, help="also write the per-dataset results as JSON to this file")
     args = parser.parse_args(argv)
     if args.dataset_csv and not args.label_column:
         parser.error("--dataset-csv needs --label-column")
@@ -776,8 +777,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print_dataset(result)
             sys.stdout.flush()
     seconds = time.perf_counter() - began
+    document = {"seconds": seconds, "skipped": notes, "datasets": [r.to_dict() for r in results]}
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(document, indent=2) + "\n")
     if args.json:
-        print(json.dumps({"seconds": seconds, "skipped": notes, "datasets": [r.to_dict() for r in results]}, indent=2))
+        print(json.dumps(document, indent=2))
         return
     if results and policies:
         print_summary(results, policies)
