@@ -77,6 +77,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -88,7 +89,8 @@ from typing import Any, Protocol
 import numpy as np
 import vowpalwabbit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not os.environ.get("PYTHONPATH"):  # else PYTHONPATH decides (e.g. another worktree's bandits first)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bandits.features import Features  # noqa: E402
 from bandits.policies import (  # noqa: E402
