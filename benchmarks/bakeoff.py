@@ -47,7 +47,10 @@ is the service's policies plus every peer at its default settings):
 * ``vw``: the service default, ``VWPolicy(VWConfig())`` (SquareCB, gamma_scale
   1000, user x block interaction, no shared-only linear terms).
 * ``vw-greedy``: ``VWConfig(exploration="epsilon", epsilon=0.0)``.
-* ``linear``: ``bandits.linear.LinearPolicy(LinearConfig())``, imported lazily.
+* ``linear``: ``bandits.linear.LinearPolicy(LinearConfig())``, imported lazily;
+  ``--linear-options '{"gamma_scale": 1000}'`` sets LinearConfig fields. To try
+  another worktree's ``bandits``, put it first: ``PYTHONPATH=../wt-linear:$PWD``
+  (a set PYTHONPATH decides; without one the checkout is put first).
 * ``uniform``: the service's ``UniformPolicy`` (a check: normalized ~ 0).
 * ``mabwiser-linucb`` / ``mabwiser-lints`` (MABWiser defaults, alpha 1) and
   ``mabwiser-linucb-0.1`` / ``mabwiser-lints-0.1``; ``cb-linucb``
@@ -342,9 +345,13 @@ class ContextualBanditsLearner:
         pass
 
 
+LINEAR_OPTIONS: dict[str, Any] = {}
+"""``--linear-options``: LinearConfig fields for the ``linear`` policy (default: none, its defaults)."""
+
+
 def _linear_policy() -> Any:
     module = importlib.import_module("bandits.linear")
-    return module.LinearPolicy(module.LinearConfig(), model=None)
+    return module.LinearPolicy(module.LinearConfig.from_dict(LINEAR_OPTIONS), model=None)
 
 
 def _missing_module(name: str, hint: str) -> Callable[[], str | None]:
@@ -760,6 +767,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"comma-separated of {', '.join(POLICIES)}, or 'all' "
         "(default: the service's policies and every peer at its defaults)",
     )
+    parser.add_argument(
+        "--linear-options",
+        type=json.loads,
+        default={},
+        help='LinearConfig fields of the linear policy as JSON, e.g. \'{"gamma_scale": 1000}\' (default: its defaults)',
+    )
     parser.add_argument("--json", action="store_true", help="print the per-dataset results as JSON instead of tables")
     parser.add_argument("--json-file", type=Path, help="also write the per-dataset results as JSON to this file")
     args = parser.parse_args(argv)
@@ -778,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    LINEAR_OPTIONS.clear()
+    LINEAR_OPTIONS.update(args.linear_options)
     policies, notes = choose_policies(args.policies)
     for note in notes:
         log(note)
