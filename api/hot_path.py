@@ -23,20 +23,21 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from api import schemas
 from api.auth import DECIDE_SCOPES, authorize, presented_key
 from api.db import queries
 from api.db.models import CatalogVersion, utcnow
 from api.decide import Decider, response_from_row
-from api.errors import ApiError, error_body
+from api.errors import ApiError, as_api_error, count, is_database_outage, log_unavailable
 from api.log_writer import LogWriter
 from api.metrics import Metrics
-from bandits.errors import BanditError
+from api.registry import SlotState
 
 __all__ = ["activate_event", "existing_event", "fast_call", "find_decision", "hot_route", "record_activation",
            "record_reward", "serve_decision"]
@@ -45,6 +46,7 @@ log = logging.getLogger("slotbandit.app")
 
 _ROUTES = re.compile(r"^/v1/(?:slots/(?P<slot>[^/]+)/decide|events/(?P<event>[^/]+)/(?P<action>activate|reward))$")
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -52,18 +54,23 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 async def serve_decision(state: Any, slot: str, body: bytes, headers: Mapping[str, str],
                          client: str | None) -> dict[str, Any]:
-    """Decide for ``slot``, log the decision, return the response body (raises ApiError)."""
+    """Decide for ``slot``, log the decision, return the response body (raises ApiError).
+
+    When the database cannot be reached (to find a repeated event id or to commit the decision)
+    the answer is a 503 ``log_unavailable`` naming the slot's default block, never a 500.
+    """
     started = time.perf_counter()
     decider: Decider = state.decider
     writer: LogWriter = state.writer
     request = schemas.decode_request(body, schemas.DecideRequest)
     slot_state = decider.slot(slot)
     if request.event_id is not None:
-        stored = writer.pending(request.event_id) or await asyncio.to_thread(find_decision, state, request.event_id)
+        stored = writer.pending(request.event_id) or await _event_log(
+            asyncio.to_thread(find_decision, state, request.event_id), slot_state)
         if stored is not None:
             if stored["slot_id"] != slot_state.id:
                 raise ApiError(409, "event_id_conflict", "this event id belongs to another slot", "event_id")
-            features = await asyncio.to_thread(_candidate_features, state, stored)
+            features = await _event_log(asyncio.to_thread(_candidate_features, state, stored), slot_state)
             return response_from_row(stored, features, slot, decider.secret)
     row = decider.decide(slot_state, request, decider.facts(request, headers, client))
     try:
@@ -71,19 +78,37 @@ async def serve_decision(state: Any, slot: str, body: bytes, headers: Mapping[st
             await writer.write(row)
         else:
             writer.submit(row)
-    except Exception as error:  # noqa: BLE001
-        stored = await asyncio.to_thread(find_decision, state, row["event_id"])
+    except IntegrityError as error:
+        # a concurrent repeat of the same event id won the race: answer with it
+        stored = await _event_log(asyncio.to_thread(find_decision, state, row["event_id"]), slot_state)
         if stored is None:
-            log.exception("decision log unavailable")
-            raise ApiError(503, "log_unavailable", "the decision log cannot be written; serve your default block",
-                           None) from error
-        row = stored  # a concurrent repeat of the same event id won the race: answer with it
+            raise log_unavailable(slot_state.default_block, decide=True) from error
+        row = stored
+    except Exception as error:  # noqa: BLE001 - the log cannot take the decision: the caller serves its default
+        log.warning("decision log unavailable on slot %s: %s", slot, _one_line(error))
+        raise log_unavailable(slot_state.default_block, decide=True) from error
     inline = row["inline_candidates"]
     features = {c["id"]: c["features"] for c in inline} if inline else slot_state.features_by_id
     metrics: Metrics = state.metrics
     metrics.decisions.labels(slot).inc()
     metrics.decide_latency.observe(time.perf_counter() - started)
     return response_from_row(row, features, slot, decider.secret)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+
+
+async def _event_log(call: Awaitable[T], slot: SlotState | None = None) -> T:
+    """Await a read or write of the event log; a database outage becomes 503 ``log_unavailable``
+    (naming the slot's default block when it is a decide's)."""
+    try:
+        return await call
+    except Exception as error:
+        if not is_database_outage(error):
+            raise
+        log.warning("event log unavailable%s: %s", f" on slot {slot.name}" if slot else "", _one_line(error))
+        raise log_unavailable(slot.default_block if slot else None, decide=slot is not None) from error
 
 
 def find_decision(state: Any, event_id: str) -> dict[str, Any] | None:
@@ -122,9 +147,9 @@ async def activate_event(state: Any, event_id: str, body: bytes) -> dict[str, An
 
 async def record_activation(state: Any, event_id: str) -> dict[str, Any]:
     """Store an activation of a known event (shared by the API and the browser beacons)."""
-    await asyncio.to_thread(existing_event, state, event_id)
+    await _event_log(asyncio.to_thread(existing_event, state, event_id))
     # Rides the group commit; the (unique) event id makes a repeat a no-op.
-    created = await state.writer.append("activation", {"event_id": event_id, "created_at": utcnow()})
+    created = await _event_log(state.writer.append("activation", {"event_id": event_id, "created_at": utcnow()}))
     if created:
         state.metrics.activations.inc()
     return {"event_id": event_id, "activated": True, "duplicate": not created}
@@ -133,15 +158,15 @@ async def record_activation(state: Any, event_id: str) -> dict[str, Any]:
 async def record_reward(state: Any, event_id: str, body: bytes) -> dict[str, Any]:
     """Validate and store a reward of a known event (shared by the API and the browser beacons)."""
     payload: schemas.RewardRequest = schemas.decode_request(body, schemas.RewardRequest)
-    row = await asyncio.to_thread(existing_event, state, event_id)
+    row = await _event_log(asyncio.to_thread(existing_event, state, event_id))
     slot = state.registry.slot_by_id(row["slot_id"])
     if slot is not None and not slot.reward_min <= payload.value <= slot.reward_max:
         raise ApiError(422, "invalid_request",
                        f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
                        "value")
-    created = await state.writer.append(
+    created = await _event_log(state.writer.append(
         "reward", {"event_id": event_id, "reward_id": payload.reward_id, "value": payload.value, "created_at": utcnow()}
-    )
+    ))
     if created:
         state.metrics.rewards.inc()
     return {"event_id": event_id, "stored": True, "duplicate": not created}
@@ -200,19 +225,18 @@ async def fast_call(state: Any, scope: Scope, receive: Receive, send: Send, rout
         else:
             payload = await record_reward(state, name, body)
         status = 200
-    except ApiError as error:
-        status, payload = error.status, error_body(error.code, error.detail, error.field)
-        state.metrics.rejected.labels(error.code).inc()
-    except BanditError as error:
-        status, payload = 422, error_body("invalid_request", error.message, error.field)
-        state.metrics.rejected.labels("invalid_request").inc()
+        extra_headers: dict[str, str] = {}
     except ConnectionError:
         return
-    except Exception:  # noqa: BLE001 - the same 500 body as Litestar's handler
-        log.exception("unhandled error on POST %s", scope["path"])
-        status, payload = 500, error_body("internal_error", "internal error", None)
+    except Exception as exc:  # noqa: BLE001 - answered by api.errors' table, as Litestar's handlers do
+        error = as_api_error(exc)
+        if error.status == 500:
+            log.exception("unhandled error on POST %s", scope["path"])
+        count(state.metrics, error)
+        status, payload, extra_headers = error.status, error.body(), error.headers
     content = _encode(payload)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
+    response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    response_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra_headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
     await send({"type": "http.response.body", "body": content})
 

@@ -31,6 +31,10 @@ class Metrics:
         self.rewards = Counter("slotbandit_rewards", "Rewards stored", registry=self.registry)
         self.activations = Counter("slotbandit_activations", "Activations stored", registry=self.registry)
         self.rejected = Counter("slotbandit_rejected_requests", "Requests rejected with a 4xx", ["code"], registry=self.registry)
+        self.unavailable = Counter(
+            "slotbandit_unavailable_requests", "Requests answered 503 because the database could not be reached",
+            ["code"], registry=self.registry,
+        )
         self.decide_latency = Histogram(
             "slotbandit_decide_seconds", "Decide latency inside the handler, including the log commit",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
