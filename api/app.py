@@ -134,8 +134,13 @@ def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
             raise ApiError(422, "invalid_request", "reward_range must be [min, max] with min < max", "reward_range")
         values["reward_min"], values["reward_max"] = low, high
     with state.engine.begin() as connection:
-        existing = connection.execute(select(Slot.reward_min, Slot.reward_max, Slot.default_reward)
+        existing = connection.execute(select(Slot.id, Slot.reward_min, Slot.reward_max, Slot.default_reward)
                                       .where(Slot.name == slot)).first()
+        # once a slot has blocks its default is one of them (a new slot may name the block it adds first)
+        active = queries.active_block_ids(connection, existing.id) if existing else set()
+        if payload.default_block is not None and active and payload.default_block not in active:
+            raise ApiError(422, "invalid_request", f"default_block '{payload.default_block}' is not an active block "
+                           f"of slot '{slot}' (add the block first)", "default_block")
         low = values.get("reward_min", existing.reward_min if existing else 0.0)
         high = values.get("reward_max", existing.reward_max if existing else 1.0)
         default_reward = values.get("default_reward", existing.default_reward if existing else 0.0)
@@ -190,6 +195,10 @@ def _put_block(state: State, slot: str, block: str, body: bytes) -> Response[dic
         max_name_length=64, max_value_length=state.settings.max_string_length,
     )
     with state.engine.begin() as connection:
+        default = connection.execute(select(Slot.default_block).where(Slot.id == slot_state.id)).scalar_one()
+        if default is not None and block != default and not queries.active_block_ids(connection, slot_state.id):
+            raise ApiError(422, "invalid_request", f"add the slot's default block '{default}' first "
+                           "(or change its default_block)", "block")
         count = len(slot_state.candidates)
         if block not in slot_state.by_id and count >= state.settings.max_candidates:
             raise ApiError(422, "invalid_request", f"a slot holds at most {state.settings.max_candidates} active blocks", "block")
@@ -204,6 +213,10 @@ def delete_block(request: Request, slot: FromPath[str], block: FromPath[str]) ->
     state = _state(request)
     slot_state = state.decider.slot(slot)
     with state.engine.begin() as connection:
+        default = connection.execute(select(Slot.default_block).where(Slot.id == slot_state.id)).scalar_one()
+        if block == default:
+            raise ApiError(409, "default_block_in_use", f"'{block}' is the slot's default block: change the slot's "
+                           "default_block first", "block")
         version = queries.deactivate_block(connection, slot_state.id, block)
     if version is None:
         raise ApiError(404, "unknown_block", f"slot '{slot}' has no block '{block}'", "block")
@@ -402,6 +415,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
                         *[route for feature in FEATURES for route in feature.routes]],
         lifespan=[lifespan],
         dependencies=DEPENDENCIES,
+        before_request=schemas.guard_request,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
         logging_config=logging_config,

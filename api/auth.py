@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -14,9 +15,10 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import Engine, select
 
 from api.db.models import ApiKey
+from api.decide import event_token
 from api.errors import ApiError
 
-__all__ = ["ADMIN_COOKIE", "KeyStore", "authorize", "create_key", "hash_key", "presented_key", "require_admin", "require_decide"]
+__all__ = ["ADMIN_COOKIE", "KeyStore", "authorize", "check_event_token", "create_key", "hash_key", "presented_key", "require_admin", "require_decide"]
 
 SCOPES = ("decide", "admin")
 ADMIN_COOKIE = "slotbandit_admin"
@@ -92,6 +94,14 @@ def authorize(store: KeyStore, key: str | None, allowed: tuple[str, ...]) -> Non
 
 
 DECIDE_SCOPES = ("decide", "admin")
+
+
+def check_event_token(secret: bytes, event_id: str, token: str | None) -> None:
+    """Raise a 401 unless ``token`` is the beacon token of ``event_id`` (any text is compared, as
+    bytes, in constant time: ``hmac.compare_digest`` refuses non-ASCII str)."""
+    expected = event_token(secret, event_id).encode("ascii")
+    if not token or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected):
+        raise ApiError(401, "unauthorized", "missing or wrong beacon token for this event", "t")
 
 
 # Async on purpose: Litestar runs sync guards in a worker thread, a thread hop per request.

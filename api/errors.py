@@ -12,6 +12,8 @@ Error roots and their statuses (:data:`ROOTS`, the one table; :func:`as_api_erro
     bandits.errors.BanditError      422 invalid_request (bad features, policies, rules)
     database outage                 503 database_unavailable (sqlalchemy OperationalError,
                                         InterfaceError, pool TimeoutError, DisconnectionError)
+    sqlalchemy DataError            422 invalid_request (a value the database refused: out of
+                                        range, a NUL; the request checks should have caught it)
     anything else                   500 internal_error (logged with its traceback)
 
 Litestar's own ``HTTPException`` keeps its status (401, 404, 405, 413, ...). The ASGI fast
@@ -94,6 +96,9 @@ ROOTS: tuple[tuple[tuple[type[BaseException], ...], Any], ...] = (
     ((ApiError,), lambda error: error),
     ((BanditError,), lambda error: ApiError(422, "invalid_request", error.message, error.field)),
     (DATABASE_OUTAGE, lambda error: _unavailable("database_unavailable", "the database cannot be reached; retry later")),
+    # the last line of defence: input the request checks (api.schemas.guard_request) let through
+    ((sqlalchemy.exc.DataError,), lambda error: ApiError(
+        422, "invalid_request", f"a value does not fit the database: {str(error.orig).splitlines()[0][:200]}")),
 )
 
 

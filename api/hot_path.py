@@ -44,6 +44,7 @@ __all__ = ["activate_event", "existing_event", "fast_call", "find_decision", "ho
 
 log = logging.getLogger("slotbandit.app")
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ROUTES = re.compile(r"^/v1/(?:slots/(?P<slot>[^/]+)/decide|events/(?P<event>[^/]+)/(?P<action>activate|reward))$")
 
 T = TypeVar("T")
@@ -183,8 +184,8 @@ def hot_route(scope: Scope) -> tuple[str, str] | None:
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
     match = _ROUTES.match(scope["path"])
-    if match is None:
-        return None
+    if match is None or _CONTROL.search(scope["path"]):
+        return None  # (control characters: Litestar's request checks answer 404)
     for name, _ in scope["headers"]:
         if name == b"origin":
             return None  # a browser: Litestar's CORS handling answers it

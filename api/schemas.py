@@ -6,10 +6,13 @@ after decoding, in the handlers, with the same error shape.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar import Request
+from litestar.params import QueryParameter
 from msgspec import Meta, Struct
 
 __all__ = [
@@ -21,8 +24,10 @@ __all__ = [
     "PolicyRequest",
     "RewardRequest",
     "SlotRequest",
+    "check_json_value",
     "decode",
     "decode_request",
+    "guard_request",
 ]
 
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -147,7 +152,7 @@ def decode_request(body: bytes, kind: type[Struct]) -> Any:
     from api.errors import ApiError, msgspec_field
 
     try:
-        return decode(body or b"{}", kind)
+        value = decode(body or b"{}", kind)
     except msgspec.ValidationError as error:
         text = str(error)
         field = msgspec_field(error)
@@ -158,6 +163,90 @@ def decode_request(body: bytes, kind: type[Struct]) -> Any:
         raise ApiError(400, "invalid_request", text, field) from error
     except msgspec.DecodeError as error:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+    except RecursionError as error:
+        raise ApiError(400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels", "body") from error
+    if b"\\u0000" in body:  # cheap test first: the walk runs only when a NUL may be there
+        check_json_value(msgspec.json.decode(body))
+    return value
+
+
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects a request body may have."""
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+"""Integer ids and versions in paths and queries: a 32-bit INTEGER column on PostgreSQL."""
+BODY_INT_MIN, BODY_INT_MAX = -(2**63), 2**63 - 1
+"""Integers in bodies: what SQLite and a PostgreSQL BIGINT hold."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_json_value(value: Any, field: str | None = None, depth: int = 0) -> None:
+    """Refuse (400 naming the field) what no column can hold or no handler should recurse into:
+    NUL characters (PostgreSQL text cannot hold them), integers beyond 64 bits, nesting deeper
+    than :data:`MAX_DEPTH`."""
+    from api.errors import ApiError
+
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ApiError(400, "invalid_request", "text may not contain NUL characters", field or "body")
+    elif isinstance(value, bool | float) or value is None:
+        return
+    elif isinstance(value, int):
+        if not BODY_INT_MIN <= value <= BODY_INT_MAX:
+            raise ApiError(400, "invalid_request", "integers must fit in 64 bits", field or "body")
+    elif depth >= MAX_DEPTH:
+        raise ApiError(400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels", field or "body")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{field}.{key}" if field else str(key)
+            if "\x00" in key:
+                raise ApiError(400, "invalid_request", "names may not contain NUL characters", field or "body")
+            check_json_value(item, name, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_value(item, f"{field}.{index}" if field else str(index), depth + 1)
+
+
+async def guard_request(request: Request) -> None:  # type: ignore[type-arg]
+    """Litestar ``before_request`` of every route: what would reach the database or the file system
+    unusable is refused here, the same way for every endpoint (a 4xx naming the field):
+
+    - a path with control characters (``%00``, ``%0a``): 404, no resource has such a name;
+    - an integer path parameter outside the 32-bit range of the id columns: 404;
+    - an integer query parameter outside it, or a query value with a NUL: 400;
+    - a JSON body with NUL characters, integers beyond 64 bits, or nested deeper than
+      :data:`MAX_DEPTH` (binary bodies, ``application/octet-stream``, are not JSON).
+    """
+    from api.errors import ApiError
+
+    if _CONTROL.search(request.scope["path"]):
+        raise ApiError(404, "not_found", "no resource has a name with control characters", "path")
+    for name, value in request.path_params.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            raise ApiError(404, "not_found", f"no {name} {value}", name)
+    parameters = request.route_handler.parsed_fn_signature.parameters
+    for name, raw in request.query_params.items():
+        if "\x00" in raw:
+            raise ApiError(400, "invalid_request", "query values may not contain NUL characters", name)
+        definition = parameters.get(name)
+        if (definition is not None and isinstance(definition.kwarg_definition, QueryParameter)
+                and int in (definition.annotation, *(t.annotation for t in definition.inner_types or ()))):
+            try:
+                number = int(raw)
+            except ValueError:
+                continue  # not a number: Litestar's own validation answers
+            if not INT_MIN <= number <= INT_MAX:
+                raise ApiError(400, "invalid_request", f"{name} must lie within [{INT_MIN}, {INT_MAX}]", name)
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and not request.headers.get(
+            "content-type", "").startswith("application/octet-stream"):
+        body = await request.body()
+        if body.lstrip()[:1] in (b"{", b"["):
+            try:
+                value = msgspec.json.decode(body)
+            except RecursionError as error:
+                raise ApiError(400, "malformed_json", f"the body nests deeper than {MAX_DEPTH} levels", "body") from error
+            except msgspec.DecodeError:
+                return  # the handler reports malformed JSON in its own words
+            check_json_value(value)
 
 
 def vw_options(vw: VWIn | None) -> dict[str, object]:

@@ -13,6 +13,7 @@ from api.db.models import Activation, Block, CatalogVersion, Decision, Policy, R
 
 __all__ = [
     "JsonMemo",
+    "active_block_ids",
     "deactivate_block",
     "erase_unit",
     "find_decision",
@@ -110,6 +111,13 @@ def upsert_block(connection: Connection, slot_id: int, block_id: str, features: 
         return False, version
     connection.execute(update(Block).where(Block.id == row.id).values(features=features, active=True, updated_at=utcnow()))
     return False, _new_catalog_version(connection, slot_id)
+
+
+def active_block_ids(connection: Connection, slot_id: int) -> set[str]:
+    """The ids of the slot's active blocks."""
+    return set(connection.execute(
+        select(Block.block_id).where(Block.slot_id == slot_id, Block.active.is_(True))
+    ).scalars())
 
 
 def deactivate_block(connection: Connection, slot_id: int, block_id: str) -> int | None:

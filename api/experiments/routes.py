@@ -12,16 +12,13 @@ Beacons (the browser snippet)
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any
 
 from litestar import Request, get, post
 from litestar.params import FromPath, FromQuery
 
 from api import hot_path
-from api.auth import require_admin
-from api.decide import event_token
-from api.errors import ApiError
+from api.auth import check_event_token, require_admin
 from api.experiments.lifecycle import (
     create_experiment,
     experiment_dict,
@@ -35,8 +32,7 @@ __all__ = ["ROUTES"]
 
 
 def _check_token(state: AppState, event_id: str, token: str | None) -> None:
-    if not token or not hmac.compare_digest(token, event_token(state.decider.secret, event_id)):
-        raise ApiError(401, "unauthorized", "missing or wrong beacon token for this event", "t")
+    check_event_token(state.decider.secret, event_id, token)
 
 
 @post("/v1/experiments", guards=[require_admin], status_code=201)
