@@ -156,8 +156,24 @@ async def record_activation(state: Any, event_id: str) -> dict[str, Any]:
     return {"event_id": event_id, "activated": True, "duplicate": not created}
 
 
+def derived_reward_id(value: float) -> str:
+    """The id of a reward sent without one: its value (``"value:1.0"``), so a retry of the same
+    reward is a duplicate, not a second reward; several rewards of one event need their own ids."""
+    return f"value:{float(value)!r}"
+
+
+def _stored_rewards(state: Any, event_id: str) -> list[tuple[str | None, float]]:
+    with state.engine.connect() as connection:
+        return queries.reward_values(connection, event_id)
+
+
 async def record_reward(state: Any, event_id: str, body: bytes) -> dict[str, Any]:
-    """Validate and store a reward of a known event (shared by the API and the browser beacons)."""
+    """Validate and store a reward of a known event (shared by the API and the browser beacons).
+
+    Idempotent per (event, reward id): a repeat with the same value is a ``duplicate``, with
+    another value a 409 ``reward_conflict`` (the first value stays); an event takes at most
+    ``max_rewards_per_event`` rewards (409 ``reward_limit``), so a beacon token is bounded too.
+    """
     payload: schemas.RewardRequest = schemas.decode_request(body, schemas.RewardRequest)
     row = await _event_log(asyncio.to_thread(existing_event, state, event_id))
     slot = state.registry.slot_by_id(row["slot_id"])
@@ -165,12 +181,25 @@ async def record_reward(state: Any, event_id: str, body: bytes) -> dict[str, Any
         raise ApiError(422, "invalid_request",
                        f"value {payload.value} is outside the slot's reward range [{slot.reward_min}, {slot.reward_max}]",
                        "value")
-    created = await _event_log(state.writer.append(
-        "reward", {"event_id": event_id, "reward_id": payload.reward_id, "value": payload.value, "created_at": utcnow()}
-    ))
+    reward_id = payload.reward_id if payload.reward_id is not None else derived_reward_id(payload.value)
+    rows = await _event_log(asyncio.to_thread(_stored_rewards, state, event_id))
+    stored = dict(rows)
+    created = False
+    if reward_id not in stored:
+        if len(rows) >= state.settings.max_rewards_per_event:
+            raise ApiError(409, "reward_limit", f"event '{event_id}' already has {len(rows)} rewards, the most "
+                           "one event may have", "reward_id")
+        created = await _event_log(state.writer.append(
+            "reward", {"event_id": event_id, "reward_id": reward_id, "value": payload.value, "created_at": utcnow()}
+        ))
+        if not created:  # a concurrent call stored it first
+            stored = dict(await _event_log(asyncio.to_thread(_stored_rewards, state, event_id)))
+    if not created and stored.get(reward_id) != payload.value:
+        raise ApiError(409, "reward_conflict", f"reward '{reward_id}' of this event is stored with value "
+                       f"{stored.get(reward_id)}; a reward id keeps its first value", "value")
     if created:
         state.metrics.rewards.inc()
-    return {"event_id": event_id, "stored": True, "duplicate": not created}
+    return {"event_id": event_id, "reward_id": reward_id, "stored": True, "duplicate": not created}
 
 
 # -- the ASGI fast path -------------------------------------------------------------------

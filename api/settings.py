@@ -43,6 +43,9 @@ class ServiceSettings:
     """Longest event, unit, slot or block id."""
     max_string_length: int = 256
     """Longest feature string value."""
+    max_rewards_per_event: int = 32
+    """Most rewards (distinct reward ids) one event may have; the beacon token of an event is
+    bounded by it too. Concurrent calls may pass it by the few that race."""
     geo_headers: tuple[str, ...] = ("cf-ipcountry", "cloudfront-viewer-country", "x-vercel-ip-country", "x-appengine-country")
     """CDN headers that carry the visitor's country, in order of trust."""
     trust_forwarded_for: bool = False
@@ -80,7 +83,8 @@ class ServiceSettings:
     def __post_init__(self) -> None:
         if not self.database_url:
             raise SettingsError("database_url must not be empty")
-        for name in ("max_body_bytes", "max_candidates", "max_block_features", "max_user_features", "max_id_length", "max_string_length"):
+        for name in ("max_body_bytes", "max_candidates", "max_block_features", "max_user_features", "max_id_length", "max_string_length",
+                     "max_rewards_per_event"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer")

@@ -184,5 +184,13 @@ def rewards_of(connection: Connection, event_id: str) -> list[dict[str, Any]]:
     return [{"reward_id": r.reward_id, "value": r.value, "created_at": r.created_at.isoformat()} for r in rows]
 
 
+def reward_values(connection: Connection, event_id: str) -> list[tuple[str | None, float]]:
+    """(reward id, value) of every reward of an event, in the order they were stored."""
+    rows = connection.execute(
+        select(Reward.reward_id, Reward.value).where(Reward.event_id == event_id).order_by(Reward.id)
+    ).all()
+    return [(r.reward_id, r.value) for r in rows]
+
+
 def activated_at(connection: Connection, event_id: str) -> datetime | None:
     return connection.execute(select(Activation.created_at).where(Activation.event_id == event_id)).scalar_one_or_none()
