@@ -38,7 +38,7 @@ from api.db import queries
 from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
 from api.db.models import Policy, Slot
 from api.decide import Decider, unit_key
-from api.errors import ApiError, exception_handlers
+from api.errors import ApiError, escape_log_records, exception_handlers
 from api.features import Feature
 from api.hot_path import (
     activate_event,
@@ -342,6 +342,7 @@ class SlotbanditApp(Litestar):
 
 def create_app(settings: ServiceSettings | None = None) -> Litestar:
     settings = settings or ServiceSettings.from_env()
+    escape_log_records()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from api.errors import escape_log_records
+
+    escape_log_records()  # no request text can forge a log line, in any command
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides = {"database_url": args.database_url} if args.database_url else {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +36,8 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from bandits.errors import BanditError
 
-__all__ = ["RETRY_AFTER_S", "ROOTS", "ApiError", "as_api_error", "count", "error_body", "exception_handlers",
-           "is_database_outage", "log_unavailable"]
+__all__ = ["RETRY_AFTER_S", "ROOTS", "ApiError", "as_api_error", "count", "error_body", "escape_control",
+           "escape_log_records", "exception_handlers", "is_database_outage", "log_unavailable"]
 
 log = logging.getLogger("slotbandit.api")
 
@@ -161,3 +162,58 @@ exception_handlers = {
     HTTPException: _http_error,
     Exception: _any_error,
 }
+
+
+# -- logs that a request cannot forge ---------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TRACEBACK_FRAMES = ("  ", "Traceback", "\nDuring handling", "\nThe above exception")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character (newline included) written as ``\\xNN``."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, int | float) or value is None:
+        return value
+    text = str(value)
+    return escape_control(text) if _CONTROL.search(text) else value
+
+
+def _safe_traceback(exc_info: Any) -> str:
+    # the frames are the service's own code; the exception lines may carry request text
+    chunks = []
+    for chunk in traceback.TracebackException(*exc_info).format():
+        body = chunk[:-1] if chunk.endswith("\n") else chunk  # traceback ends each chunk with one newline
+        chunks.append(chunk if chunk.startswith(_TRACEBACK_FRAMES) else escape_control(body) + "\n")
+    return "".join(chunks).rstrip("\n")
+
+
+_installed = False
+
+
+def escape_log_records() -> None:
+    """Make every log record of this process unforgeable (installed once, by the server and the
+    CLI): control characters in its message, its arguments and its exception's text are escaped,
+    so a request path or id with ``%0a`` cannot write a line of its own."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if isinstance(record.msg, str) and _CONTROL.search(record.msg):
+            record.msg = escape_control(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_escaped(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _escaped(value) for key, value in record.args.items()}
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = _safe_traceback(record.exc_info)
+        return record
+
+    logging.setLogRecordFactory(factory)
