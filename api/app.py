@@ -27,12 +27,21 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.logging.config import LoggingConfig
-from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 
-from api import dashboard, experiments, learner, model_admin, offline, reports, schemas, simulate
+from api import (
+    dashboard,
+    experiments,
+    learner,
+    model_admin,
+    offline,
+    openapi,
+    reports,
+    schemas,
+    simulate,
+)
 from api.auth import KeyStore, require_admin, require_decide
 from api.db import queries
 from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
@@ -297,8 +306,8 @@ def health(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-a
         ok = True
     except Exception:  # noqa: BLE001
         ok = False
-    body = {"status": "ok" if ok else "database_unavailable", "slots": len(state.registry.slots),
-            "models": {name: p.model_version for name, p in state.registry.policies.items()}}
+    # no names: it answers without a key (model versions: GET /v1/policies, admin)
+    body = {"status": "ok" if ok else "database_unavailable"}
     return Response(body, status_code=200 if ok else 503)
 
 
@@ -420,7 +429,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         cors_config=cors,
         logging_config=logging_config,
-        openapi_config=OpenAPIConfig(title="slotbandit", version="1", path="/schema"),
+        openapi_config=openapi.config(),
         request_max_body_size=settings.max_body_bytes,
     )
     app.fast_path = settings.fast_path

@@ -121,7 +121,7 @@ class PolicyRequest(Struct, forbid_unknown_fields=True):
     vw: VWIn | None = None
     linear: LinearIn | None = None
     block: Id | None = None
-    rules: dict[str, object] | None = None
+    rules: dict[str, Any] | None = None
 
 
 class SlotRequest(Struct, forbid_unknown_fields=True):

@@ -4,13 +4,12 @@ non-ASCII beacon tokens, control characters in paths, a default block that names
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from api.db.engine import make_engine
 from api.db.experiment_models import Experiment
 from api.db.models import Activation, Block, Decision, Policy, Reward, Slot
-from tests.api.test_decision_api import service, seed_slot  # noqa: F401 - both paths: ASGI and Litestar
+from tests.api.test_decision_api import seed_slot, service  # noqa: F401 - both paths: ASGI and Litestar
 
 NUL = "a\u0000b"
 DEEP = '{"a":' * 3000 + "1" + "}" * 3000

@@ -71,7 +71,7 @@ def test_export_import_reset_rollback(trained) -> None:
     assert len({s[1] for s in rows}) == 1  # the cursor stays: the model changes, not the position in the log
     assert rows[1][2] == v1 and rows[3][2] == v1
     assert rows[2][3]["trained"] is False and rows[3][3]["rolled_back_to"] == 1
-    assert c.get("/health").json()["models"][SLOT] == 4  # this worker serves it at once
+    assert c.get(f"/v1/policies/{SLOT}", headers=admin).json()["model_version"] == 4  # this worker serves it at once
     listing = c.get(f"/v1/policies/{SLOT}/snapshots", headers=admin).json()["snapshots"]
     assert [s["version"] for s in listing] == [4, 3, 2, 1] and listing[0]["bytes"] == len(v1)
     r = c.post(f"/v1/policies/{SLOT}/reset", json={"from_start": True}, headers=admin)

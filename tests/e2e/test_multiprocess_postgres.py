@@ -97,7 +97,7 @@ def test_two_workers_hot_swap_the_learners_snapshots(postgres_url: str, tmp_path
             lags = []
             for url in urls:
                 while time.monotonic() - seen_at < 10:
-                    if httpx.get(f"{url}/health").json()["models"].get(SLOT, 0) >= version:
+                    if httpx.get(f"{url}/v1/policies/{SLOT}", headers=admin).json()["model_version"] >= version:
                         break
                     time.sleep(0.05)
                 lags.append(time.monotonic() - seen_at)
