@@ -313,7 +313,8 @@ def health(request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-a
 
 @get("/metrics")
 async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
-    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    # Litestar adds "; charset=utf-8" to a text type itself: once is enough
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST.replace("; charset=utf-8", ""))
 
 
 # -- application -----------------------------------------------------------------------

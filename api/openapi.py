@@ -14,18 +14,149 @@ nothing on the admin cookie's origin.
 
 from __future__ import annotations
 
+import copy
 import html
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import OpenAPIRenderPlugin
+from msgspec import Meta, Struct
 
-__all__ = ["config"]
+from api import schemas
+
+__all__ = ["ErrorBody", "config", "document"]
+
+
+class ErrorBody(Struct):
+    """Every answer that is not a success."""
+
+    error: str
+    """Machine-readable code (``invalid_request``, ``unknown_slot``, ``log_unavailable``, ...)."""
+    field: str | None
+    """The dotted name of the field at fault, or null."""
+    detail: str
+    """What went wrong, for a human."""
+    default_block: str | None = None
+    """Only on decide's 503 ``log_unavailable``: the slot's default block, to show instead."""
+
+
+class ResetBody(Struct, forbid_unknown_fields=True):
+    from_start: bool = False
+
+
+class RollbackBody(Struct, forbid_unknown_fields=True):
+    version: Annotated[int, Meta(ge=1, le=schemas.INT_MAX)]
+
+
+def _bodies() -> dict[tuple[str, str], Any]:
+    from api.experiments.schemas import ExperimentIn
+    from api.offline import ApplyIn, EvaluationIn
+
+    return {
+        ("post", "/v1/slots/{slot}/decide"): schemas.DecideRequest,
+        ("post", "/v1/events/{event_id}/activate"): schemas.ActivateRequest,
+        ("post", "/v1/events/{event_id}/reward"): schemas.RewardRequest,
+        ("post", "/v1/beacon/{event_id}/activate"): schemas.ActivateRequest,
+        ("post", "/v1/beacon/{event_id}/reward"): schemas.RewardRequest,
+        ("put", "/v1/slots/{slot}"): schemas.SlotRequest,
+        ("put", "/v1/slots/{slot}/blocks/{block}"): schemas.BlockRequest,
+        ("put", "/v1/policies/{name}"): schemas.PolicyRequest,
+        ("post", "/v1/policies/{name}/reset"): ResetBody,
+        ("post", "/v1/policies/{name}/rollback"): RollbackBody,
+        ("post", "/v1/experiments"): ExperimentIn,
+        ("post", "/v1/evaluations"): EvaluationIn,
+        ("post", "/v1/evaluations/{evaluation_id}/apply"): ApplyIn,
+        ("put", "/v1/policies/{name}/model"): bytes,
+    }
+
+
+_REASONS = {
+    400: "The request is malformed: not JSON, a wrong type, an unknown field, NUL characters, too deep",
+    401: "No API key, or an unknown or revoked one (beacons: a wrong token)",
+    403: "The key's scope may not do this",
+    404: "No such slot, block, event, policy, experiment or evaluation",
+    409: "The request conflicts with what is stored (a repeated id with other data, a limit, a state)",
+    413: "The body is too large",
+    422: "A value is out of its bounds or inconsistent with what is stored",
+    503: "The database cannot be reached; retry after Retry-After seconds",
+}
+_PUBLIC = {"/health", "/metrics", "/v1/beacon/{event_id}/activate", "/v1/beacon/{event_id}/reward"}
+_OUT = ("/dashboard", "/demo")
+
+
+def _statuses(method: str, path: str, has_body: bool) -> list[int]:
+    if path == "/metrics":
+        return []
+    if path == "/health":
+        return [503]
+    statuses = [400, 401, 404, 409, 422, 503]  # 409: a state that forbids it (a policy kind without a model)
+    if path not in _PUBLIC:
+        statuses += [403]
+    if has_body:
+        statuses += [413]
+    return sorted(set(statuses))
+
+
+def document(generated: dict[str, Any]) -> dict[str, Any]:
+    """Litestar's generated document, completed with the request bodies, statuses and error body."""
+    doc = copy.deepcopy(generated)
+    bodies = _bodies()
+    structs = sorted({t for t in bodies.values() if t is not bytes} | {ErrorBody}, key=lambda t: t.__name__)
+    _, components = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
+    doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    paths = {p: item for p, item in doc.get("paths", {}).items() if not p.startswith(_OUT)}
+    doc["paths"] = paths
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "delete", "patch"):
+                continue
+            kind = bodies.get((method, path))
+            if kind is bytes:
+                operation["requestBody"] = {"required": True, "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+            elif kind is not None:
+                ref = {"$ref": f"#/components/schemas/{kind.__name__}"}
+                content: dict[str, Any] = {"application/json": {"schema": ref}}
+                if path.startswith("/v1/beacon"):  # navigator.sendBeacon sends its JSON as text/plain
+                    content["text/plain"] = {"schema": {"type": "string", "description": "the same object, as JSON text"}}
+                operation["requestBody"] = {"required": False, "content": content}
+            responses = operation.setdefault("responses", {})
+            if method == "put" and "200" in responses:  # a PUT that creates answers 201
+                responses["201"] = {**responses["200"], "description": "Created"}
+            for status in _statuses(method, path, kind is not None):
+                answer: dict[str, Any] = {"description": _REASONS[status], "content": {"application/json": {"schema": error}}}
+                if status == 503:
+                    answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+                responses[str(status)] = answer
+            if path == "/health":
+                responses["503"]["content"] = {"application/json": {"schema": {"type": "object"}}}
+            elif path == "/metrics":  # the Prometheus text format
+                responses["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+            elif (method, path) == ("get", "/v1/policies/{name}/model"):
+                responses["200"]["content"] = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return doc
+
+
+_documents: dict[int, dict[str, Any]] = {}
 
 
 def _document_of(request: Request, generated: dict[str, Any]) -> dict[str, Any]:  # type: ignore[type-arg]
-    return generated
+    key = id(generated)
+    if key not in _documents:
+        _documents.clear()
+        _documents[key] = document(generated)
+    return _documents[key]
+
+
+class _Json(OpenAPIRenderPlugin):
+    def __init__(self) -> None:
+        super().__init__(path="/openapi.json", media_type="application/json")
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:  # type: ignore[type-arg]
+        return msgspec.json.encode(_document_of(request, openapi_schema))
 
 
 class _Page(OpenAPIRenderPlugin):
@@ -63,4 +194,4 @@ class _Page(OpenAPIRenderPlugin):
 
 def config() -> OpenAPIConfig:
     """The app's OpenAPI configuration: the completed JSON document and the script-free page."""
-    return OpenAPIConfig(title="slotbandit", version="1", path="/schema", render_plugins=[_Page()])
+    return OpenAPIConfig(title="slotbandit", version="1", path="/schema", render_plugins=[_Page(), _Json()])
