@@ -181,11 +181,13 @@ def schemas_name_ok(name: str) -> bool:
 
 @get("/v1/slots", guards=[require_admin])
 async def list_slots(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+    await asyncio.to_thread(_reload, _state(request))  # admin reads see every worker's writes
     return {"slots": [s.to_dict() for s in sorted(_state(request).registry.slots.values(), key=lambda s: s.name)]}
 
 
 @get("/v1/slots/{slot:str}", guards=[require_admin])
 async def get_slot(request: Request, slot: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    await asyncio.to_thread(_reload, _state(request))
     return _state(request).decider.slot(slot).to_dict()
 
 
@@ -260,11 +262,13 @@ def _policy_dict(state: State, name: str) -> dict[str, Any]:
 @get("/v1/policies", guards=[require_admin])
 async def list_policies(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
     state = _state(request)
+    await asyncio.to_thread(_reload, state)
     return {"policies": [_policy_dict(state, name) for name in sorted(state.registry.policies)]}
 
 
 @get("/v1/policies/{name:str}", guards=[require_admin])
 async def get_policy(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+    await asyncio.to_thread(_reload, _state(request))
     return _policy_dict(_state(request), name)
 
 

@@ -91,7 +91,9 @@ class Decider:
         self._on_fallback = on_fallback
 
     def slot(self, name: str) -> SlotState:
-        slot = self.registry.slots.get(name)
+        """The slot ``name``, read through to the database when this worker has not seen it yet
+        (another worker may have just created it); blocks on a miss: call it off the event loop."""
+        slot = self.registry.slots.get(name) or self.registry.read_through(name)
         if slot is None:
             raise ApiError(404, "unknown_slot", f"slot '{name}' does not exist", "slot")
         return slot

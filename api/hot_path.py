@@ -64,7 +64,7 @@ async def serve_decision(state: Any, slot: str, body: bytes, headers: Mapping[st
     decider: Decider = state.decider
     writer: LogWriter = state.writer
     request = schemas.decode_request(body, schemas.DecideRequest)
-    slot_state = decider.slot(slot)
+    slot_state = decider.registry.slots.get(slot) or await asyncio.to_thread(decider.slot, slot)
     if request.event_id is not None:
         stored = writer.pending(request.event_id) or await _event_log(
             asyncio.to_thread(find_decision, state, request.event_id), slot_state)

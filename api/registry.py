@@ -4,7 +4,10 @@ Loaded from the database at start and refreshed by polling cheap revision
 counters (``slots.revision``, ``policies.revision``, latest snapshot version),
 so several workers converge within ``reload_interval_s`` of a change and a new
 model is hot-swapped without dropping a request (the swap is one reference
-assignment; the decide path reads the reference once).
+assignment; the decide path reads the reference once). A slot this worker has not
+seen yet is read through to the database (:meth:`Registry.read_through`), and
+admin reads reload first, so an admin write on one worker is read back on every
+other at once.
 
 New models matter sooner than admin changes (the learner snapshots about once a
 second): :meth:`Registry.refresh_models` looks only at the newest snapshot
@@ -100,6 +103,18 @@ class Registry:
             if slot.id == slot_id:
                 return slot
         return None
+
+    def read_through(self, name: str) -> SlotState | None:
+        """The slot ``name`` after a miss: one indexed read asks the database whether it exists
+        (another worker may have created it since the last poll); if so, reload what changed."""
+        slot = self.slots.get(name)
+        if slot is not None:
+            return slot
+        with self._engine.connect() as connection:
+            if connection.execute(select(Slot.id).where(Slot.name == name)).first() is None:
+                return None
+        self.refresh()
+        return self.slots.get(name)
 
     def refresh(self) -> None:
         """Reload whatever changed since the last call (safe to call from any thread)."""
