@@ -34,6 +34,7 @@ from sqlalchemy import select
 from api import (
     dashboard,
     experiments,
+    keys,
     learner,
     model_admin,
     offline,
@@ -336,6 +337,7 @@ FEATURES: tuple[Feature, ...] = (
     experiments.FEATURE,
     reports.FEATURE,
     Feature("dashboard", routes=dashboard.ROUTES),
+    keys.FEATURE,
 )
 
 

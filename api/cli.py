@@ -3,6 +3,7 @@
     slotbandit migrate                      upgrade the database schema
     slotbandit serve [--host --port]        run the API server (embedded learner by default)
     slotbandit keys create --scope S        create an API key (printed alone on the last line)
+    slotbandit keys list|revoke ID|rotate ID [--grace-s S]
     slotbandit purge --older-than DAYS      delete decisions (and their rewards) past retention
     slotbandit demo [--events N] [--exit]   server + demo slot + simulated audience
     slotbandit learn [--once]               the learner as its own process
@@ -79,12 +80,32 @@ def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
 @command("keys")
 def _keys(args: argparse.Namespace, settings: ServiceSettings) -> int:
-    from api.auth import create_key
+    from api.auth import create_key, list_keys, revoke_key, rotate_key
     from api.db.engine import make_engine, migrate
+    from api.errors import ApiError
 
     migrate(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
+        if args.keys_command == "list":
+            for k in list_keys(engine):
+                print(f"{k['id']:>5}  {k['scope']:<6}  {k['created_at'][:19]}  "
+                      f"{'revoked ' + k['revoked_at'][:19] if k['revoked_at'] else 'valid':<27}  {k['name']}")
+            return 0
+        if args.keys_command in ("revoke", "rotate"):
+            try:
+                if args.keys_command == "revoke":
+                    k = revoke_key(engine, args.id)
+                    print(f"key {k['id']} revoked at {k['revoked_at']}; every worker refuses it within a second or two")
+                    return 0
+                new, key = rotate_key(engine, args.id, grace_s=args.grace_s)
+            except ApiError as error:
+                print(f"error: {error.detail}", file=sys.stderr)
+                return 2
+            print(f"key {new['id']} replaces key {args.id}, which is revoked at {new['replaces']['revoked_at']}; "
+                  "the new key is shown once:")
+            print(key)
+            return 0
         key = create_key(engine, args.scope, args.name or "")
     finally:
         engine.dispose()
@@ -157,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key and print it")
     create.add_argument("--scope", choices=["decide", "admin"], required=True)
     create.add_argument("--name", default="", help="a label for the key")
+    keys_sub.add_parser("list", help="list the keys (id, scope, created, revoked, name; never the key)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id (every worker within a second or two)")
+    revoke.add_argument("id", type=int)
+    rotate = keys_sub.add_parser("rotate", help="a new key of the same scope and name; the old one revoked")
+    rotate.add_argument("id", type=int)
+    rotate.add_argument("--grace-s", type=float, default=0.0, help="seconds the old key keeps working")
 
     purge = sub.add_parser("purge", help="delete decisions older than a retention period")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")

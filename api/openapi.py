@@ -69,6 +69,8 @@ def _bodies() -> dict[tuple[str, str], Any]:
         ("post", "/v1/evaluations"): EvaluationIn,
         ("post", "/v1/evaluations/{evaluation_id}/apply"): ApplyIn,
         ("put", "/v1/policies/{name}/model"): bytes,
+        ("post", "/v1/keys"): schemas.KeyRequest,
+        ("post", "/v1/keys/{key_id}/rotate"): schemas.RotateRequest,
     }
 
 

@@ -21,8 +21,10 @@ __all__ = [
     "CandidateIn",
     "ContextIn",
     "DecideRequest",
+    "KeyRequest",
     "PolicyRequest",
     "RewardRequest",
+    "RotateRequest",
     "SlotRequest",
     "check_json_value",
     "decode",
@@ -122,6 +124,16 @@ class PolicyRequest(Struct, forbid_unknown_fields=True):
     linear: LinearIn | None = None
     block: Id | None = None
     rules: dict[str, Any] | None = None
+
+
+class KeyRequest(Struct, forbid_unknown_fields=True):
+    scope: Literal["decide", "admin"]
+    name: Annotated[str, Meta(max_length=128)] = ""
+
+
+class RotateRequest(Struct, forbid_unknown_fields=True):
+    grace_s: Annotated[float, Meta(ge=0, le=30 * 24 * 3600)] = 0.0
+    """Seconds the old key keeps working (time to deploy the new one)."""
 
 
 class SlotRequest(Struct, forbid_unknown_fields=True):
