@@ -384,7 +384,7 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         decider = Decider(settings, secret, registry,
                           on_fallback=lambda slot, reason: metrics_.fallbacks.labels(slot, reason).inc())
         app_state = AppState(settings=settings, engine=engine, metrics=metrics_, registry=registry, writer=writer,
-                             decider=decider, key_store=KeyStore(engine))
+                             decider=decider, key_store=KeyStore(engine, secret=secret))
         # the typed state for handlers (api.state), and its parts in the untyped bag for the modules
         # that still read them there
         app.state.update(app_state=app_state, settings=settings, engine=engine, metrics=metrics_, registry=registry,

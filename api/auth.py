@@ -5,6 +5,10 @@ now or after a grace period) by :func:`list_keys`, :func:`revoke_key`, :func:`ro
 the admin API (``api.keys``) and ``slotbandit keys`` share. Every worker's :class:`KeyStore`
 forgets revoked keys within a second (``forget_revoked``, run each second), so a revocation
 takes effect everywhere within about a second without a database read per request.
+
+The dashboard's cookie holds a signed session (``KeyStore.open_session``), not the key; a
+state-changing request authorised by that cookie alone must come from the service's own origin
+with a JSON body (:func:`check_same_origin`, in the guards).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -27,11 +32,14 @@ from api.db.models import ApiKey
 from api.decide import event_token
 from api.errors import ApiError
 
-__all__ = ["ADMIN_COOKIE", "KeyStore", "authorize", "check_event_token", "create_key", "hash_key", "list_keys",
-           "presented_key", "require_admin", "require_decide", "revoke_key", "rotate_key"]
+__all__ = ["ADMIN_COOKIE", "KeyStore", "authorize", "check_event_token", "check_same_origin", "create_key", "hash_key",
+           "list_keys", "presented_key", "require_admin", "require_decide", "revoke_key", "rotate_key",
+           "session_cookie"]
 
 SCOPES = ("decide", "admin")
 ADMIN_COOKIE = "slotbandit_admin"
+SESSION_S = 12 * 3600
+"""How long a dashboard session lasts."""
 
 
 def hash_key(key: str) -> str:
@@ -99,14 +107,63 @@ class KeyStore:
     """Looks keys up by hash with a short cache, so the hot path rarely touches the database; a
     key revoked anywhere is forgotten by :meth:`forget_revoked` (every second, on a thread)."""
 
-    def __init__(self, engine: Engine, ttl_s: float = 30.0, unknown_ttl_s: float = 1.0) -> None:
+    def __init__(self, engine: Engine, ttl_s: float = 30.0, unknown_ttl_s: float = 1.0,
+                 secret: bytes = b"") -> None:
         self._engine = engine
         self._ttl = ttl_s
         self._unknown_ttl = unknown_ttl_s
+        self._secret = secret
         self._cache: dict[str, tuple[str | None, float]] = {}
+        self._sessions: dict[str, tuple[str, str | None, float]] = {}  # session -> (key digest, scope, expires)
         self._lock = threading.Lock()
 
+    # -- dashboard sessions: a signed cookie that is not the key ------------------------
+
+    def _signature(self, key_id: int, digest: str, expires: int) -> str:
+        message = f"session\x00{key_id}\x00{digest}\x00{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def open_session(self, key: str, lifetime_s: int = SESSION_S) -> str:
+        """The cookie value of a dashboard session of the admin key ``key``: ``s1.<key id>.<expiry>.<HMAC>``,
+        signed with the server secret and bound to the key's hash, never the key itself. It ends at
+        its expiry, at logout (the cookie goes) or when the key is revoked."""
+        digest = hash_key(key)
+        with self._engine.connect() as connection:
+            key_id = connection.execute(select(ApiKey.id).where(ApiKey.key_hash == digest)).scalar_one()
+        expires = int(time.time()) + lifetime_s
+        return f"s1.{key_id}.{expires}.{self._signature(key_id, digest, expires)}"
+
+    def _session_scope(self, session: str) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._sessions.get(session)
+        if hit is not None and hit[2] > now:
+            return hit[1]
+        try:
+            _, key_id_text, expires_text, signature = session.split(".")
+            key_id, expires = int(key_id_text), int(expires_text)
+        except ValueError:
+            return None
+        left = expires - time.time()
+        if left <= 0 or not 0 < key_id <= 2**31 - 1:
+            return None
+        with self._engine.connect() as connection:
+            row = connection.execute(select(ApiKey.key_hash, ApiKey.scope).where(
+                ApiKey.id == key_id, or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > datetime.now(UTC)))).first()
+        valid = row is not None and hmac.compare_digest(
+            signature.encode("utf-8", "surrogatepass"), self._signature(key_id, row.key_hash, expires).encode())
+        scope = row.scope if valid and row is not None else None
+        with self._lock:
+            if len(self._sessions) > 10_000:
+                self._sessions.clear()
+            self._sessions[session] = (row.key_hash if row else "", scope,
+                                       now + min(left, self._ttl if scope else self._unknown_ttl))
+        return scope
+
     def scope_of(self, key: str) -> str | None:
+        """The scope of an API key or a dashboard session, None when unknown, revoked or expired."""
+        if key.startswith("s1."):
+            return self._session_scope(key)
         digest = hash_key(key)
         now = time.monotonic()
         with self._lock:
@@ -134,11 +191,13 @@ class KeyStore:
         with self._lock:
             for digest in digests:
                 self._cache.pop(digest, None)
+            for session in [k for k, (digest, _, _) in self._sessions.items() if digest in digests]:
+                del self._sessions[session]
 
     def forget_revoked(self) -> None:
         """Drop cached keys revoked by now, on any worker (keys are few: one small read)."""
         with self._lock:
-            if not any(scope for scope, _ in self._cache.values()):
+            if not any(scope for scope, _ in self._cache.values()) and not self._sessions:
                 return
         with self._engine.connect() as connection:
             revoked = set(connection.execute(
@@ -156,11 +215,39 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     key = headers.get("x-api-key")
     if key:
         return key.strip()
+    return session_cookie(headers)
+
+
+def session_cookie(headers: Mapping[str, str]) -> str | None:
+    """The dashboard session in the admin cookie, if the request carries one (a raw key there is
+    not accepted: the cookie holds a signed session, ``KeyStore.open_session``)."""
     cookie = headers.get("cookie")
     if not cookie:
         return None
     morsel = SimpleCookie(cookie).get(ADMIN_COOKIE)
-    return morsel.value if morsel is not None and morsel.value else None
+    return morsel.value if morsel is not None and morsel.value.startswith("s1.") else None
+
+
+_STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def check_same_origin(method: str, headers: Mapping[str, str]) -> None:
+    """Refuse (403 ``cross_origin``) a state-changing request that a browser sent from another
+    origin, or with a body that is not ``application/json``, when it is authorised by the admin
+    cookie alone: a page on another port of the same host (same site, so the SameSite cookie
+    goes along) can then neither submit a form nor send a "simple" text/plain request.
+    Requests with a key header cannot be forged by a page and are not checked."""
+    if method not in _STATE_CHANGING or headers.get("authorization") or headers.get("x-api-key"):
+        return
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is not None and site not in ("same-origin", "none"):
+        raise ApiError(403, "cross_origin", f"a {site} request may not use the admin cookie", "origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
+        raise ApiError(403, "cross_origin", "a request from another origin may not use the admin cookie", "origin")
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and content_type != "application/json":
+        raise ApiError(403, "cross_origin", "with the admin cookie, bodies must be application/json", "content-type")
 
 
 def authorize(store: KeyStore, key: str | None, allowed: tuple[str, ...]) -> None:
@@ -189,7 +276,9 @@ def check_event_token(secret: bytes, event_id: str, token: str | None) -> None:
 # A cache miss does one indexed lookup; keys are few and cached for ttl_s.
 async def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     authorize(connection.app.state.key_store, presented_key(connection.headers), DECIDE_SCOPES)
+    check_same_origin(connection.scope["method"], connection.headers)
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     authorize(connection.app.state.key_store, presented_key(connection.headers), ("admin",))
+    check_same_origin(connection.scope["method"], connection.headers)

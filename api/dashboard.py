@@ -6,8 +6,11 @@ from a CDN; a report page is one HTML response that reads on a phone (the layout
 script on the dashboard updates the live counters every 5 seconds.
 
 Access: the admin key. ``/dashboard/login`` checks it and sets the cookie
-``slotbandit_admin`` (Secure, HttpOnly, SameSite=Strict, path ``/``), which
-``api.auth`` accepts like a bearer key; ``/dashboard/logout`` clears it.
+``slotbandit_admin`` (Secure, HttpOnly, SameSite=Strict, path ``/``) to a signed
+session of that key, never the key itself (``api.auth.KeyStore.open_session``),
+which ``api.auth`` accepts like the key until it expires or the key is revoked;
+``/dashboard/logout`` clears it. State-changing API calls made with the cookie
+alone must come from this origin with JSON bodies (``api.auth.check_same_origin``).
 The cookie is ``Secure`` unless the request came over plain HTTP to a
 loopback host (local development and tests).
 """
@@ -23,7 +26,7 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from sqlalchemy import func, select
 
-from api.auth import ADMIN_COOKIE
+from api.auth import ADMIN_COOKIE, SESSION_S, check_same_origin, session_cookie
 from api.db.models import Activation, Decision, Reward
 from api.experiments import list_experiments
 from api.pages import STATIC, environment
@@ -42,7 +45,7 @@ def _html(text: str, status: int = 200) -> Response[str]:
 
 
 def _admin(request: Request, state: AppState) -> bool:  # type: ignore[type-arg]
-    key = request.cookies.get(COOKIE)
+    key = session_cookie(request.headers)
     if not key:
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
@@ -78,14 +81,16 @@ def login_page(request: Request) -> Response[str]:  # type: ignore[type-arg]
 async def login(request: Request, app_state: ProvidedAppState,  # type: ignore[type-arg]
                 data: URLEncodedBody[dict[str, str]]) -> Response[str]:
     key = (data.get("key") or "").strip()
-    scope = await asyncio.to_thread(app_state.key_store.scope_of, key) if key else None
+    check_same_origin("POST", {**request.headers, "content-type": ""})  # no login from another origin
+    scope = await asyncio.to_thread(app_state.key_store.scope_of, key) if key and not key.startswith("s1.") else None
     if scope != "admin":
         return _html(environment.get_template("login.html").render(error="That is not an admin key."), status=401)
     host = (request.url.hostname or "").lower()
     local_http = request.url.scheme == "http" and host in ("127.0.0.1", "localhost", "::1", "testserver.local")
     response: Response[str] = Redirect("/dashboard", status_code=303)  # type: ignore[assignment]
-    response.set_cookie(COOKIE, key, httponly=True, secure=not local_http, samesite="strict", path="/",
-                        max_age=12 * 3600)
+    session = await asyncio.to_thread(app_state.key_store.open_session, key)  # the cookie is not the key
+    response.set_cookie(COOKIE, session, httponly=True, secure=not local_http, samesite="strict", path="/",
+                        max_age=SESSION_S)
     return response
 
 

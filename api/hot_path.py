@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api import schemas
-from api.auth import DECIDE_SCOPES, authorize, presented_key
+from api.auth import DECIDE_SCOPES, authorize, check_same_origin, presented_key
 from api.db import queries
 from api.db.models import CatalogVersion, utcnow
 from api.decide import Decider, response_from_row
@@ -245,6 +245,7 @@ async def fast_call(state: Any, scope: Scope, receive: Receive, send: Send, rout
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     try:
         authorize(state.key_store, presented_key(headers), DECIDE_SCOPES)
+        check_same_origin("POST", headers)  # the admin cookie alone: only from this origin, only JSON
         body = await _read_body(receive, state.settings.max_body_bytes, headers.get("content-length"))
         kind, name = route
         if kind == "decide":

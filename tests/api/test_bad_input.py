@@ -74,7 +74,7 @@ def test_hostile_input_is_a_4xx_naming_the_field(service) -> None:  # noqa: F811
     seed_slot(service, blocks=3)
     c = service.client
     event = c.post("/v1/slots/home.hero/decide", json={}, headers=service.decider).json()["event_id"]
-    c.cookies.set("slotbandit_admin", service.admin_key)  # the dashboard page
+    assert c.post("/dashboard/login", data={"key": service.admin_key}, follow_redirects=False).status_code == 303
     before = everything(service.database_url)
     failures = []
     for method, path, body, status, field in CASES:

@@ -357,8 +357,8 @@ def test_the_fast_path_serves_server_calls_and_litestar_serves_browsers(service,
 def test_an_admin_cookie_may_decide_on_both_paths(service) -> None:
     seed_slot(service)
     c = service.client
-    c.cookies.set("slotbandit_admin", service.admin_key)
+    assert c.post("/dashboard/login", data={"key": service.admin_key}, follow_redirects=False).status_code == 303
     assert c.post("/v1/slots/home.hero/decide", json={}).status_code == 200
-    c.cookies.set("slotbandit_admin", "wrong")
+    c.cookies.set("slotbandit_admin", "s1.1.9999999999.wrong")
     r = c.post("/v1/slots/home.hero/decide", json={})
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
