@@ -142,7 +142,7 @@ def test_learner_settings_from_env() -> None:
 def test_the_default_safety_margin_depends_on_the_store() -> None:
     s = LearnerSettings()
     assert s.safety_margin_s is None
-    assert s.margin_for("sqlite") == SQLITE_SAFETY_MARGIN_S == 0.25
+    assert s.margin_for("sqlite") == SQLITE_SAFETY_MARGIN_S == 0.75
     assert s.margin_for("postgresql") == SERVER_SAFETY_MARGIN_S == 3.0
     assert LearnerSettings(safety_margin_s=1.5).margin_for("sqlite") == 1.5
     assert LearnerSettings(safety_margin_s=0).margin_for("postgresql") == 0.0
@@ -158,7 +158,7 @@ def test_a_learner_uses_the_margin_of_its_store(service, engine) -> None:
     decide(service)
     learner = Learner(engine, LearnerSettings())
     learner.step(later(10))
-    expected = 0.25 if engine.dialect.name == "sqlite" else 3.0
+    expected = 0.75 if engine.dialect.name == "sqlite" else 3.0
     assert learner.policies[SLOT].margin_s == expected
 
 

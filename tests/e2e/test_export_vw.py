@@ -52,8 +52,9 @@ def _make_traffic(service) -> dict[str, dict]:
         if kind == "deferred-shown":
             assert client.post(f"/v1/events/{d['event_id']}/activate", headers=decider).status_code == 200
         total = 0.0
-        for value in rng.choice([0.0, 1.0, 2.5], size=int(rng.integers(0, 3))).tolist():
-            assert client.post(f"/v1/events/{d['event_id']}/reward", json={"value": value},
+        for n, value in enumerate(rng.choice([0.0, 1.0, 2.5], size=int(rng.integers(0, 3))).tolist()):
+            # distinct rewards carry their ids: without one, a repeat of the same value is a retry
+            assert client.post(f"/v1/events/{d['event_id']}/reward", json={"value": value, "reward_id": f"r{n}"},
                                headers=decider).status_code == 200
             total += value
         events[d["event_id"]] = {"kind": kind, "reward": min(total, 5.0), "block": d["block"]["id"],
