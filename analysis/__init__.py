@@ -25,7 +25,8 @@ the Open Bandit Dataset's CSV)::
     summary = evaluation.to_dict()  # JSON-ready
 
 Modules: :mod:`analysis.log` (the columnar :class:`BanditLog`),
-:mod:`analysis.estimators` (IPS, SNIPS, DM, DR, switch-DR, replay),
+:mod:`analysis.estimators` (IPS, SNIPS, DM, DR, switch-DR, DRos, SNDR, replay;
+estimator objects carry their knobs; ``q_hat`` for a fixed external reward model),
 :mod:`analysis.intervals`, :mod:`analysis.compare` (paired tests, Holm),
 :mod:`analysis.health` (logging-health check), :mod:`analysis.replay` (target
 policies, progressive-validation replay of VW configurations, feature
@@ -70,10 +71,12 @@ if TYPE_CHECKING:
     from analysis.estimators import (
         IPS,
         METHODS,
+        SNDR,
         SNIPS,
         Diagnostics,
         DirectMethod,
         DoublyRobust,
+        DRos,
         Estimate,
         EstimatorError,
         EventData,
@@ -129,6 +132,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Diagnostics": ("analysis.estimators", "Diagnostics"),
     "DirectMethod": ("analysis.estimators", "DirectMethod"),
     "DoublyRobust": ("analysis.estimators", "DoublyRobust"),
+    "DRos": ("analysis.estimators", "DRos"),
     "Estimate": ("analysis.estimators", "Estimate"),
     "EstimatorError": ("analysis.estimators", "EstimatorError"),
     "EvaluatedPolicy": ("analysis.evaluation", "EvaluatedPolicy"),
@@ -151,6 +155,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Replay": ("analysis.estimators", "Replay"),
     "RewardModel": ("analysis.estimators", "RewardModel"),
     "RidgeRewardModel": ("analysis.estimators", "RidgeRewardModel"),
+    "SNDR": ("analysis.estimators", "SNDR"),
     "SNIPS": ("analysis.estimators", "SNIPS"),
     "STANDARD_CANDIDATES": ("analysis.evaluation", "STANDARD_CANDIDATES"),
     "SampleMeanStatistic": ("analysis.experiments", "SampleMeanStatistic"),
@@ -205,6 +210,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "IPS",
     "METHODS",
+    "SNDR",
     "SNIPS",
     "STANDARD_CANDIDATES",
     "AnalysisConfig",
@@ -212,6 +218,7 @@ __all__ = [
     "ArmStats",
     "BanditLog",
     "Comparison",
+    "DRos",
     "Diagnostics",
     "DirectMethod",
     "DoublyRobust",

@@ -15,8 +15,8 @@ import pytest
 import analysis
 
 PINNED = [
-    "IPS", "METHODS", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "ArmResult", "ArmStats", "BanditLog",
-    "Comparison", "Diagnostics", "DirectMethod", "DoublyRobust", "Estimate", "EstimatorError", "EvaluatedPolicy",
+    "IPS", "METHODS", "SNDR", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "ArmResult", "ArmStats",
+    "BanditLog", "Comparison", "DRos", "Diagnostics", "DirectMethod", "DoublyRobust", "Estimate", "EstimatorError", "EvaluatedPolicy",
     "Evaluation", "EvaluationError", "EvaluationPoint", "EventData", "ExperimentComparison", "ExperimentError",
     "ExperimentResult", "FeatureImportance", "FormatError", "HealthRow", "Interval", "LogError", "LoggingHealth",
     "PowerAnalysis", "RatioStatistic", "Recommendation", "Replay", "ReplayResult", "RewardModel",
