@@ -244,6 +244,7 @@ class Evaluation:
                 "diagnostics": {
                     "ess": e.diagnostics.ess, "mean_weight": e.diagnostics.mean_weight,
                     "max_weight": e.diagnostics.max_weight, "unsupported_mass": e.diagnostics.unsupported_mass,
+                    **dict(e.diagnostics.details),
                 },
                 "flags": list(e.flags), "config": dict(p.config) if p.config is not None else None,
                 "progressive_value": p.progressive_value,
