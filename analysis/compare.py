@@ -119,6 +119,7 @@ def compare(
     reward_model: RewardModel | None = None,
     features: np.ndarray | None = None,
     q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
     seed: int = 0,
     reward_range: tuple[float, float] = (0.0, 1.0),
     n_folds: int | None = None,
@@ -131,11 +132,11 @@ def compare(
     (``DoublyRobust(reward_model=..., n_folds=5)``, ``DRos(shrinkage=10.0)``...; see
     :func:`analysis.estimators.estimate`); ``q_hat`` a fixed external reward model's
     (n, A) predictions, the same for every policy (the differences are then conditional
-    on that model)."""
+    on that model); ``embedding`` the (n, A) action-embedding codes :class:`MIPS` reads."""
     level = check_level(level)
     if not candidates:
         raise EstimatorError("no candidates to compare", field="candidates")
-    data = _as_data(log, features, q_hat)
+    data = _as_data(log, features, q_hat, embedding)
     rr = _check_reward_range(reward_range)
     estimator = resolve_estimator(method, reward_model, n_folds, switch_tau)
     name = estimator.name

@@ -24,6 +24,7 @@ sndr       plug_i + R + w_i (r_i - q_{i,a_i} - R) / mean(w),           Kallus & 
 ips(clip)  min(w_i, clip) r_i                                           Ionides 2008
 sg_ips     w_i / (1 - lam + lam w_i) r_i                                Metelli, Russo & Restelli 2021
 sg_dr      sum_j pi_ij q_ij + w_i / (1 - lam + lam w_i) (r_i - q_{i,a_i})  Metelli et al. 2021
+mips       w(x_i, e_i) r_i, w(x, e) = sum_{e_j = e} pi_ij / sum_{e_j = e} mu_ij  Saito & Joachims 2022
 slope      the chosen candidate's c_i (Lepski's rule over a family)     Su, Srinath & Krishnamurthy 2020
 replay     V + m_i (r_i - V) / mean(m), m_i = 1[target draw = a_i]      Li, Chu, Langford & Wang 2011
 ========== ============================================================ ==========================
@@ -164,11 +165,13 @@ __all__ = [
     "RidgeRewardModel",
     "DRos",
     "SNDR",
+    "MIPS",
     "Slope",
     "SubGaussianDR",
     "SubGaussianIPS",
     "SNIPS",
     "action_codes",
+    "block_embedding",
     "SwitchDR",
     "contributions",
     "diagnose",
@@ -224,6 +227,9 @@ class EventData:
             treat q_hat as a known function, which is right when it was fitted on other
             data (an earlier week, another slot) and over-confident when it was fitted on
             this log. See :meth:`with_q_hat`.
+        embedding: (n, A) int64 action-embedding code of every candidate (-1 on padding),
+            or None: what :class:`MIPS` marginalises over (candidates with equal codes
+            share an embedding). :func:`block_embedding` makes it from block features.
 
     The arrays are treated as immutable: derived arrays (the chosen propensities,
     the reward models fitted on this log) are computed once per instance and
@@ -239,6 +245,7 @@ class EventData:
     features: np.ndarray
     chosen_only: bool = False
     q_hat: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -328,6 +335,21 @@ class EventData:
             raise EstimatorError("q_hat contains NaN or infinity", field="q_hat")
         q.setflags(write=False)
         return replace(self, q_hat=q)
+
+    def with_embedding(self, embedding: np.ndarray | None) -> EventData:
+        """The same log with action-embedding codes (n, A) (see ``embedding``), or without (None)."""
+        if embedding is None:
+            return replace(self, embedding=None)
+        e = np.asarray(embedding)
+        if e.shape != self.logging_pmf.shape or not np.issubdtype(e.dtype, np.integer):
+            raise EstimatorError(
+                f"embedding must be {self.logging_pmf.shape} integer codes, got {e.shape} {e.dtype}", field="embedding"
+            )
+        e = np.where(self.mask, e.astype(np.int64), -1)
+        if (e[self.mask] < 0).any():
+            raise EstimatorError("embedding codes must be >= 0 on existing candidates", field="embedding")
+        e.setflags(write=False)
+        return replace(self, embedding=e)
 
     @cached_property
     def q_hat_range(self) -> tuple[float, float]:
@@ -1385,6 +1407,81 @@ class SubGaussianDR(_Corrected):
         return float(_harmonic(np.array([w_max]), float(self.smoothing))[0])
 
 
+def block_embedding(log: BanditLog, features: Sequence[str] | None = None) -> np.ndarray:
+    """(n, A) int64 embedding codes from the candidates' block features: equal codes for
+    candidates whose ``features`` (all of them when None) have equal values; -1 on padding.
+    A block without a feature counts as its own value (None). Needs ``log.candidates``."""
+    if not log.candidates:
+        raise EstimatorError("block_embedding needs the log's candidates with their features", field="log")
+    n, width = log.action_ids.shape
+    codes = np.full((n, width), -1, dtype=np.int64)
+    index: dict[tuple[object, ...], int] = {}
+    for i, row in enumerate(log.candidates):
+        for j, candidate in enumerate(row[:width]):
+            values = candidate.features
+            names = sorted(values) if features is None else list(features)
+            key = tuple((name, values.get(name)) for name in names)
+            codes[i, j] = index.setdefault(key, len(index))
+    return np.where(log.action_mask, codes, -1)
+
+
+@dataclass(frozen=True)
+class MIPS(_NoModel):
+    r"""Marginalised IPS over action embeddings (Saito & Joachims 2022, "Off-policy
+    evaluation for large action spaces via embeddings", ICML):
+
+        w(x, e) = p(e | x, pi) / p(e | x, mu) = sum_{j: e_j = e} pi_ij / sum_{j: e_j = e} mu_ij,
+        c_i = w(x_i, e_{i,a_i}) r_i
+
+    with the embedding a deterministic function of the block (``EventData.embedding``:
+    :func:`block_embedding` of block features such as ``category``), so p(e | x, a) is
+    exact and the marginal weights need no model. Unbiased when every embedding the
+    target reaches has logged mass (common embedding support: weaker than common action
+    support) and the reward depends on the block only through its embedding ("no direct
+    effect", their Assumption 2.2); biased otherwise, by the direct effect. Its weights
+    are never larger than the action weights' maximum and usually far more even: the
+    variance of IPS falls with the number of blocks per embedding. ``Diagnostics`` are
+    those of the marginal weights; ``details`` adds the action-level ESS
+    (``action_ess``) and the number of distinct embeddings. Needs the whole logging pmf.
+    """
+
+    name: str = "mips"
+
+    def contributions(
+        self, data: EventData, pi: np.ndarray, reward_range: tuple[float, float], seed: int, bounds: bool = False
+    ) -> Contributions:
+        if data.embedding is None:
+            raise EstimatorError(
+                "mips needs action embeddings: EventData.with_embedding(block_embedding(log, [...])) "
+                "or estimate(..., embedding=...)",
+                field="embedding",
+            )
+        if data.chosen_only:
+            raise EstimatorError(
+                "mips sums the logging pmf over the blocks sharing the chosen block's embedding; this log "
+                "knows only the chosen propensity (EventData.chosen_only)",
+                field="logging_pmf",
+            )
+        emb = data.embedding
+        same = (emb == data.at_chosen(emb)[:, None]) & data.mask  # candidates sharing e_{i,a_i}
+        num = np.einsum("ij,ij->i", pi, same)  # p(e_i | x_i, pi), eq. 4 in Saito & Joachims 2022
+        den = np.einsum("ij,ij->i", data.logging_pmf, same)  # p(e_i | x_i, mu) >= mu(a_i | x_i) > 0
+        w_e = num / den
+        w = _weights(data, pi)
+        sq = float(np.einsum("i,i->", w, w))
+        details: tuple[tuple[str, float | str], ...] = (
+            ("action_ess", float(w.sum()) ** 2 / sq if sq > 0 else 0.0),
+            ("n_embeddings", float(np.unique(emb[data.mask]).size)),
+        )
+        if not bounds:
+            return Contributions(w_e * data.reward, weights=w_e, details=details)
+        # sum pi / sum mu <= max pi / mu over the group (a mediant): the action bound holds
+        w_max = _max_weight_bound(data, pi)
+        lo, hi = reward_range
+        return Contributions(w_e * data.reward, (min(0.0, w_max * lo), max(0.0, w_max * hi)), weights=w_e,
+                             details=details)
+
+
 @dataclass(frozen=True)
 class Slope:
     r"""SLOPE (Su, Srinath & Krishnamurthy 2020, "Adaptive estimator selection for
@@ -1615,13 +1712,18 @@ def diagnose(
     return Diagnostics(ess, mean_w, max_w, unsupported, tuple(flags))
 
 
-def _as_data(log: BanditLog | EventData, features: np.ndarray | None, q_hat: np.ndarray | None = None) -> EventData:
+def _as_data(
+    log: BanditLog | EventData, features: np.ndarray | None, q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
+) -> EventData:
     if isinstance(log, EventData):
         if features is not None:
             raise EstimatorError("pass features to EventData.from_log, not with EventData", field="features")
-        return log if q_hat is None else log.with_q_hat(q_hat)
+        data = log if q_hat is None else log.with_q_hat(q_hat)
+        return data if embedding is None else data.with_embedding(embedding)
     if isinstance(log, BanditLog):
-        return EventData.from_log(log, features, q_hat)
+        data = EventData.from_log(log, features, q_hat)
+        return data if embedding is None else data.with_embedding(embedding)
     raise EstimatorError(f"expected a BanditLog or EventData, got {type(log).__name__}", field="log")
 
 
@@ -1633,6 +1735,7 @@ def contributions(
     reward_model: RewardModel | None = None,
     features: np.ndarray | None = None,
     q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
     seed: int = 0,
     reward_range: tuple[float, float] = (0.0, 1.0),
     n_folds: int | None = None,
@@ -1641,7 +1744,7 @@ def contributions(
     """(n,) per-event contributions of ``method`` (a name or an estimator object, see
     :func:`estimate`); their mean is the estimate. Same events and seed give paired
     arrays for two targets (see :mod:`analysis.compare`)."""
-    data = _as_data(log, features, q_hat)
+    data = _as_data(log, features, q_hat, embedding)
     pi = _check_target(data, target_pmf)
     rr = _check_reward_range(reward_range)
     estimator = resolve_estimator(method, reward_model, n_folds, switch_tau)
@@ -1658,6 +1761,7 @@ def estimate(
     reward_model: RewardModel | None = None,
     features: np.ndarray | None = None,
     q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
     seed: int = 0,
     reward_range: tuple[float, float] = (0.0, 1.0),
     n_resamples: int = 1000,
@@ -1681,6 +1785,7 @@ def estimate(
         q_hat: (n, A) fixed external reward predictions for every candidate (see
             :attr:`EventData.q_hat`): used instead of a fitted model; intervals are then
             conditional on the model.
+        embedding: (n, A) action-embedding codes for :class:`MIPS` (see :func:`block_embedding`).
         seed: fixes cross-fitting folds, replay draws and bootstrap weights.
         reward_range: a-priori reward bounds, for flags and the Bernstein interval.
         refit: bootstrap refits the reward model on each resample (exact, slow);
@@ -1691,7 +1796,7 @@ def estimate(
     level = check_level(level)
     if interval not in INTERVALS:
         raise EstimatorError(f"unknown interval {interval!r}; expected one of {', '.join(INTERVALS)}", field="interval")
-    data = _as_data(log, features, q_hat)
+    data = _as_data(log, features, q_hat, embedding)
     pi = _check_target(data, target_pmf)
     rr = _check_reward_range(reward_range)
     estimator = resolve_estimator(method, reward_model, n_folds, switch_tau)

@@ -15,14 +15,15 @@ import pytest
 import analysis
 
 PINNED = [
-    "IPS", "METHODS", "SNDR", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "ArmResult", "ArmStats",
+    "IPS", "METHODS", "MIPS", "SNDR", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "ArmResult", "ArmStats",
     "BanditLog", "Comparison", "DRos", "Diagnostics", "DirectMethod", "DoublyRobust", "Estimate", "EstimatorError", "EvaluatedPolicy",
     "Evaluation", "EvaluationError", "EvaluationPoint", "EventData", "ExperimentComparison", "ExperimentError",
     "ExperimentResult", "FeatureImportance", "FormatError", "HealthRow", "Interval", "LogError", "LoggingHealth",
     "PowerAnalysis", "RatioStatistic", "Recommendation", "Replay", "ReplayResult", "RewardModel",
     "RidgeRewardModel", "SampleMeanStatistic", "SampleRatioCheck", "SegmentBreakdown", "SeriesPoint", "Slope",
     "SubGaussianDR", "SubGaussianIPS", "SwitchDR",
-    "TimeSeries", "analyze_experiment", "analyze_segments", "bernstein_interval", "bootstrap_interval",
+    "TimeSeries", "analyze_experiment", "analyze_segments", "bernstein_interval", "block_embedding",
+    "bootstrap_interval",
     "check_logging", "chooser_target", "contributions", "cumulative_series", "diagnose",
     "drop_context", "estimate", "evaluate", "feature_importance", "fixed_target", "logging_target",
     "make_estimator", "normal_interval", "paired_difference", "per_event_target", "power_analysis", "read_csv",
