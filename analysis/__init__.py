@@ -27,7 +27,8 @@ the Open Bandit Dataset's CSV)::
 Modules: :mod:`analysis.log` (the columnar :class:`BanditLog`),
 :mod:`analysis.estimators` (IPS, SNIPS, DM, DR, switch-DR, DRos, SNDR, replay;
 estimator objects carry their knobs; ``q_hat`` for a fixed external reward model),
-:mod:`analysis.intervals`, :mod:`analysis.compare` (paired tests, Holm),
+:mod:`analysis.intervals`, :mod:`analysis.sequences` (anytime-valid confidence
+sequences: look daily without inflating false wins), :mod:`analysis.compare` (paired tests, Holm),
 :mod:`analysis.health` (logging-health check), :mod:`analysis.replay` (target
 policies, progressive-validation replay of VW configurations, feature
 importance), :mod:`analysis.dsjson` and :mod:`analysis.tabular` (interchange),
@@ -127,6 +128,7 @@ if TYPE_CHECKING:
     from analysis.experiments import Comparison as ExperimentComparison
     from analysis.health import HealthRow, LoggingHealth, check_logging
     from analysis.intervals import Interval, bernstein_interval, bootstrap_interval, normal_interval
+    from analysis.sequences import ConfidenceSequence, confidence_sequence
     from analysis.tabular import read_csv, read_obd_csv, read_parquet, write_csv, write_parquet
 
 _LAZY: dict[str, tuple[str, str]] = {
@@ -134,6 +136,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ArmResult": ("analysis.experiments", "ArmResult"),
     "ArmStats": ("analysis.experiments", "ArmStats"),
     "Comparison": ("analysis.compare", "Comparison"),
+    "ConfidenceSequence": ("analysis.sequences", "ConfidenceSequence"),
     "Diagnostics": ("analysis.estimators", "Diagnostics"),
     "DirectMethod": ("analysis.estimators", "DirectMethod"),
     "DoublyRobust": ("analysis.estimators", "DoublyRobust"),
@@ -179,6 +182,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "block_embedding": ("analysis.estimators", "block_embedding"),
     "bootstrap_interval": ("analysis.intervals", "bootstrap_interval"),
     "check_logging": ("analysis.health", "check_logging"),
+    "confidence_sequence": ("analysis.sequences", "confidence_sequence"),
     "contributions": ("analysis.estimators", "contributions"),
     "cumulative_series": ("analysis.experiments", "cumulative_series"),
     "diagnose": ("analysis.estimators", "diagnose"),
@@ -229,6 +233,7 @@ __all__ = [
     "ArmStats",
     "BanditLog",
     "Comparison",
+    "ConfidenceSequence",
     "DRos",
     "Diagnostics",
     "DirectMethod",
@@ -272,6 +277,7 @@ __all__ = [
     "bootstrap_interval",
     "check_logging",
     "chooser_target",
+    "confidence_sequence",
     "contributions",
     "cumulative_series",
     "diagnose",
