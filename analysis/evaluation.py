@@ -80,12 +80,14 @@ from analysis.estimators import (
     INTERVALS,
     METHODS,
     Estimate,
+    Estimator,
     EstimatorError,
     EventData,
     FittedRidge,
     RidgeRewardModel,
     contributions,
     estimate,
+    resolve_estimator,
 )
 from analysis.health import LoggingHealth, check_logging
 from analysis.intervals import check_level, normal_interval
@@ -524,10 +526,12 @@ def evaluate(
     online_model: bytes | None,
     default_block: str | None,
     online_config: LinearConfig | None = None,
-    method: str = "dr",
+    method: str | Estimator = "dr",
     interval: str = "normal",
     level: float = 0.95,
     seed: int = 0,
+    q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
     time_buckets: Bucket | None = "day",
     reward_range: tuple[float, float] | None = None,
@@ -545,7 +549,12 @@ def evaluate(
             snapshot of that configuration), or None (online = logging policy).
         online_config: the online policy's LinearConfig when it is a ``linear`` policy.
         default_block: the slot's default block (the ``baseline``); None leaves it out.
-        method: estimator, one of :data:`analysis.estimators.METHODS`.
+        method: estimator, one of :data:`analysis.estimators.METHODS`, or an estimator object
+            carrying its knobs (``DRos(shrinkage=10.0)``, ``SNDR()``, ``Slope.switch_dr()``...); the
+            same object evaluates every policy (same folds, same model: paired).
+        q_hat: (n, A) predictions of a fixed external reward model for every candidate, used by
+            the model-based estimators instead of the fitted ridge (intervals conditional on it).
+        embedding: (n, A) action-embedding codes for ``MIPS()`` (:func:`analysis.block_embedding`).
         interval: ``normal`` | ``bootstrap`` | ``bernstein`` for the per-policy intervals.
             Paired comparisons are t-tests on the contribution differences whatever this is.
         level: confidence level of every interval and of the rule.
@@ -559,8 +568,15 @@ def evaluate(
         n_resamples: bootstrap resamples.
     """
     level = check_level(level)
-    if method not in METHODS:
-        raise EvaluationError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}", field="method")
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise EvaluationError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}", field="method")
+    else:
+        try:
+            method = resolve_estimator(method)
+        except EstimatorError as error:
+            raise EvaluationError(error.message, field="method") from error
+    method_name = method if isinstance(method, str) else method.name
     if interval not in INTERVALS:
         raise EvaluationError(f"unknown interval {interval!r}; expected one of {', '.join(INTERVALS)}", field="interval")
     if time_buckets is not None and time_buckets not in _BUCKET_SECONDS:
@@ -570,27 +586,29 @@ def evaluate(
     _check_candidates(candidates)
     chosen_only = _chosen_only(log)
     notes: list[str] = []
-    if chosen_only and method == "replay":
+    if chosen_only and method_name == "replay":
         raise EvaluationError("replay needs the full (uniform) logging pmf; this log knows only the chosen "
                               "propensity: use ips, snips or dr", field="method")
     if chosen_only and interval == "bernstein":
         raise EvaluationError("bernstein needs the full logging pmf (its weight bound); this log knows only the "
                               "chosen propensity: use normal or bootstrap", field="interval")
     rr = _reward_range(log, reward_range)
-    data = EventData.from_log(log, context_matrix(log))
+    data = EventData.from_log(log, context_matrix(log), q_hat)
+    if embedding is not None:
+        data = data.with_embedding(embedding)
 
     model = _MemoRidge(RidgeRewardModel())  # one cross-fit serves every policy (same events, same folds)
 
     # targets: name -> (kind, pmf, config, progressive value, method)
-    targets: dict[str, tuple[str, np.ndarray, Mapping[str, Any] | None, float | None, str]] = {}
+    targets: dict[str, tuple[str, np.ndarray, Mapping[str, Any] | None, float | None, str | Estimator]] = {}
     if online_model is not None:
         online_target = snapshot_target(log, online_model, config=online_config, progress=progress)
         targets["online"] = ("online", online_target, None, None, method)
     else:
-        online_method = "ips" if chosen_only else method
-        if chosen_only and method != "ips":
+        online_method: str | Estimator = "ips" if chosen_only else method
+        if chosen_only and method_name != "ips":
             notes.append("online = the logging policy, whose pmf is known on the chosen block only: its value "
-                         "is the on-policy mean reward (ips with weight 1), not " + method)
+                         "is the on-policy mean reward (ips with weight 1), not " + method_name)
         online_target = _on_policy_target(log) if chosen_only else logging_target(log)
         targets["online"] = ("logging", online_target, None, None, online_method)
     if default_block is not None:
@@ -608,12 +626,16 @@ def evaluate(
 
     estimates: dict[str, Estimate] = {}
     values: dict[str, np.ndarray] = {}
+    def model_of(used: str | Estimator) -> _MemoRidge | None:
+        # the shared ridge for named methods; an object carries its own model, q_hat replaces it
+        return model if isinstance(used, str) and q_hat is None else None
+
     for name, (_, pmf, _, _, used) in targets.items():
         estimates[name] = estimate(data, pmf, used, interval, level, seed=seed, reward_range=rr,
-                                   n_resamples=n_resamples, reward_model=model)
-        values[name] = contributions(data, pmf, used, seed=seed, reward_range=rr, reward_model=model)
+                                   n_resamples=n_resamples, reward_model=model_of(used))
+        values[name] = contributions(data, pmf, used, seed=seed, reward_range=rr, reward_model=model_of(used))
 
-    comparisons = _paired(values, level, method)
+    comparisons = _paired(values, level, method_name)
     health = check_logging(log)
     if chosen_only:
         notes.append("the log knows only the chosen propensity: the logging-health check is the "
@@ -641,18 +663,18 @@ def evaluate(
         else:
             def value_of(variant: BanditLog, target: np.ndarray) -> float:
                 return estimate(data, target, method, "normal", level, seed=seed, reward_range=rr,
-                                reward_model=model).value
+                                reward_model=model_of(method)).value
 
             importance = feature_importance(log, candidates[best], evaluate=value_of, reward_min=rr[0],
                                             reward_max=rr[1], progress=progress)
 
     policies = tuple(
-        EvaluatedPolicy(name, kind, estimates[name], config, pv, used)  # type: ignore[arg-type]
+        EvaluatedPolicy(name, kind, estimates[name], config, pv, _name(used))  # type: ignore[arg-type]
         for name, (kind, _, config, pv, used) in targets.items()
     )
     meta = {k: v for k, v in log.meta.items() if isinstance(v, str | int | float | bool) or v is None}
     return Evaluation(
-        n=log.n, method=method, interval=interval, level=level, reward_range=rr, policies=policies,
+        n=log.n, method=method_name, interval=interval, level=level, reward_range=rr, policies=policies,
         comparisons=comparisons, recommendation=recommendation, health=health, series=series,
         bucket=time_buckets, importance=importance, importance_of=best if importance is not None else None,
         notes=tuple(notes), meta=meta,
@@ -669,13 +691,17 @@ def _paired(values: Mapping[str, np.ndarray], level: float, method: str) -> tupl
     ], level)
 
 
-_RATIO_METHODS = ("snips", "replay")
+_RATIO_METHODS = ("snips", "replay", "sndr")
+
+
+def _name(method: str | Estimator) -> str:
+    return method if isinstance(method, str) else method.name
 
 
 def _series(
     log: BanditLog,
     data: EventData,
-    targets: Mapping[str, tuple[np.ndarray, str]],
+    targets: Mapping[str, tuple[np.ndarray, str | Estimator]],
     contributions_of: Mapping[str, np.ndarray],
     bucket: Bucket,
     level: float,
@@ -705,7 +731,7 @@ def _series(
         sub: EventData | None = None
         values: dict[str, tuple[float, float, float]] = {}
         for name, (pmf, used) in targets.items():
-            if used not in _RATIO_METHODS:
+            if _name(used) not in _RATIO_METHODS:
                 ci = normal_interval(contributions_of[name][rows], level)
                 values[name] = (float(contributions_of[name][rows].mean()), ci.low, ci.high)
                 continue
@@ -713,8 +739,10 @@ def _series(
                 sub = EventData.from_arrays(
                     reward=data.reward[rows], chosen=data.chosen[rows], logging_pmf=data.logging_pmf[rows],
                     mask=data.mask[rows], codes=data.codes[rows], features=data.features[rows],
-                    chosen_only=data.chosen_only,
+                    chosen_only=data.chosen_only, q_hat=None if data.q_hat is None else data.q_hat[rows],
                 )
+                if data.embedding is not None:
+                    sub = sub.with_embedding(data.embedding[rows])
             try:
                 e = estimate(sub, pmf[rows], used, "normal", level, seed=seed, reward_range=reward_range)
             except EstimatorError:

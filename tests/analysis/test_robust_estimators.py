@@ -463,3 +463,41 @@ def test_sub_gaussian_and_slope_bias_and_coverage_are_documented() -> None:
     assert result["slope_clipped_ips"][1] < -0.05 and result["slope_clipped_ips"][0] < 0.3
     for label in ("sg_ips(1/sqrt n)", "slope_clipped_ips", "slope_switch_dr"):
         assert result[label][2] < result["ips"][2]  # what they buy: narrower
+
+
+# ---------------------------------------------------------------- evaluate() with an estimator object or q_hat
+
+
+def _evaluation_log(n: int = 600) -> tuple[object, np.ndarray]:
+    from analysis.log import BanditLog
+
+    rng = np.random.default_rng(4)
+    records = []
+    for i in range(n):
+        chosen = int(rng.integers(3))
+        records.append({"event_id": f"e{i}", "timestamp": 1.7e9 + 600 * i, "action_ids": ["b0", "b1", "b2"],
+                        "pmf": [1 / 3] * 3, "chosen": chosen,
+                        "reward": float(rng.random() < (0.6 if chosen == 1 else 0.2))})
+    return BanditLog.from_records(records), np.array([0.2, 0.6, 0.2])
+
+
+def test_evaluate_takes_an_estimator_object_and_q_hat() -> None:
+    from analysis.evaluation import evaluate
+    from analysis.replay import fixed_target
+
+    log, means = _evaluation_log()
+    by_name = evaluate(log, {}, online_model=None, default_block="b1", method="dr", time_buckets=None)  # type: ignore[arg-type]
+    by_object = evaluate(log, {}, online_model=None, default_block="b1", method=DoublyRobust(), time_buckets=None)  # type: ignore[arg-type]
+    for a, b in zip(by_name.policies, by_object.policies, strict=True):
+        assert a.estimate.value == pytest.approx(b.estimate.value, rel=1e-12)
+    dros = evaluate(log, {}, online_model=None, default_block="b1", method=DRos(10.0), time_buckets="day")  # type: ignore[arg-type]
+    assert dros.method == "dros" and dros.policy("baseline").method == "dros"
+    assert dros.series and "baseline" in dros.series[-1].values
+    q = np.tile(means, (600, 1))
+    fixed = evaluate(log, {}, online_model=None, default_block="b1", method="dm", q_hat=q, time_buckets=None)  # type: ignore[arg-type]
+    assert fixed.policy("baseline").estimate.value == pytest.approx(0.6)  # DM with the true means
+    e = estimate(log, fixed_target(log, "b1"), "dm", q_hat=q)  # type: ignore[arg-type]
+    assert fixed.policy("baseline").estimate == e
+    with pytest.raises(EstimatorError) as info:
+        evaluate(log, {}, online_model=None, default_block="b1", method=42, time_buckets=None)  # type: ignore[arg-type]
+    assert info.value.field == "method"
