@@ -382,7 +382,7 @@ def test_slope_follows_its_rule_and_names_the_choice() -> None:
 
     for name, seed in (("softmax", 1), ("poor_overlap", 2), ("uniform", 3)):
         data, pi = SCENARIOS[name].draw(seed)
-        for slope in (Slope.switch_dr(), Slope.clipped_ips()):
+        for slope in (Slope.switch_dr(), Slope.clipped_ips(), Slope.dros()):
             chosen, results = slope.select(data, pi, (0.0, 1.0), 0)
             t = stats.t.ppf(0.95, data.n - 1)
             values = [float(r.values.mean()) for r in results]
