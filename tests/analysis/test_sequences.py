@@ -136,3 +136,32 @@ def test_sequence_covers_at_every_t_with_context_dependent_weights() -> None:
     print("softmax sequence: missed", missed / reps, "final width", width)
     assert missed / reps <= 0.07
     assert width < 0.4  # informative: measured 0.25 at n = 1000 (the fixed-n normal interval: ~0.16)
+
+
+def test_evaluate_anytime_rule_recommends_a_clear_win_and_not_an_equal() -> None:
+    from analysis.evaluation import evaluate
+    from analysis.log import BanditLog
+    from bandits.policies import VWConfig
+
+    def log_of(best_rate: float, seed: int, n: int = 1500) -> BanditLog:
+        rng = np.random.default_rng(seed)
+        records = []
+        for i in range(n):
+            chosen = int(rng.integers(3))
+            rate = best_rate if chosen == 1 else 0.2
+            records.append({"event_id": f"e{i}", "timestamp": 1.7e9 + 60 * i, "action_ids": ["b0", "b1", "b2"],
+                            "pmf": [1 / 3] * 3, "chosen": chosen, "reward": float(rng.random() < rate),
+                            "context": {"device": {"type": "mobile"}}})
+        return BanditLog.from_records(records)
+
+    greedy = {"greedy": VWConfig(exploration="epsilon", epsilon=0.02)}
+    win = evaluate(log_of(0.8, 1), greedy, online_model=None, default_block="b0", rule="anytime", time_buckets=None)
+    assert win.recommendation.candidate == "greedy", win.recommendation.reason
+    assert win.recommendation.rule.startswith("anytime")
+    assert win.recommendation.ci_low is not None and win.recommendation.ci_low > 0
+    equal = evaluate(log_of(0.2, 2), greedy, online_model=None, default_block="b0", rule="anytime", time_buckets=None)
+    assert equal.recommendation.candidate is None
+    with pytest.raises(EstimatorError) as info:
+        evaluate(log_of(0.2, 3, 50), greedy, online_model=None, default_block="b0", rule="sometimes",  # type: ignore[arg-type]
+                 time_buckets=None)
+    assert info.value.field == "rule"
