@@ -207,12 +207,13 @@ class KeyStore:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``, or the admin cookie
-    (the Cookie header is parsed only when neither header is there)."""
+    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``,
+    ``Ocp-Apim-Subscription-Key`` (Azure Personalizer's clients), or the admin cookie (the Cookie
+    header is parsed only when no key header is there)."""
     header = headers.get("authorization")
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
-    key = headers.get("x-api-key")
+    key = headers.get("x-api-key") or headers.get("ocp-apim-subscription-key")
     if key:
         return key.strip()
     return session_cookie(headers)

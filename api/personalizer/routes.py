@@ -1,0 +1,282 @@
+"""The ``/personalizer`` routes: Azure Personalizer's single-slot REST API on the slot named by
+``ServiceSettings.personalizer_slot``.
+
+Every path is served twice: ``/personalizer/v1.0/<path>`` (``azure-cognitiveservices-personalizer``)
+and ``/personalizer/<path>?api-version=2022-09-01-preview`` (``azure-ai-personalizer``); the
+``api-version`` parameter is not needed. Rank, reward and activate call the v1 hot path
+(``api.hot_path``) with a translated body: the same decide path, log, propensities, idempotent
+event ids and durability before the answer. Configuration changes go through the slot admin path
+of ``PUT /v1/slots/{slot}`` and the model routes through ``api.model_admin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post, put
+from litestar.params import FromPath
+from sqlalchemy import func, select
+
+from api import model_admin
+from api.auth import require_admin, require_decide
+from api.db.models import Decision
+from api.errors import ApiError
+from api.hot_path import activate_event, record_reward, serve_decision
+from api.personalizer import mapping
+from api.personalizer.errors import EXCEPTION_HANDLERS
+from api.registry import SlotState
+from api.state import AppState, ProvidedAppState
+from bandits.policies import VWConfig
+
+__all__ = ["ROUTES", "ensure_slot"]
+
+Req = Request[Any, Any, Any]
+
+
+def _paths(path: str) -> list[str]:
+    return [f"/personalizer/v1.0{path}", f"/personalizer{path}"]
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}")
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}", "body") from error
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    value = _json(body)
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object", "body")
+    return value
+
+
+def _slot(state: AppState) -> SlotState:
+    return state.decider.slot(state.settings.personalizer_slot)
+
+
+def ensure_slot(state: AppState) -> None:
+    """Create the Personalizer slot when it is missing: default settings, a reward range of
+    [-1, 1] as Personalizer accepted, the default ``vw`` policy."""
+    if state.settings.personalizer_slot not in state.registry.slots:
+        _put_slot(state, {"reward_range": [-1, 1]})
+
+
+def _put_slot(state: AppState, values: dict[str, Any]) -> None:
+    # the one slot admin path of PUT /v1/slots (imported late: api.app imports this feature)
+    from api.app import _put_slot as put_slot
+
+    put_slot(state, state.settings.personalizer_slot, msgspec.json.encode(values))  # type: ignore[arg-type]
+
+
+# -- rank, reward, activate ----------------------------------------------------------------
+
+
+@post(_paths("/rank"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=201)
+async def rank(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
+    payload = _object(await request.body())
+    body, _ = mapping.decide_body(payload)
+    client = request.client.host if request.client else None
+    decision = await serve_decision(app_state, app_state.settings.personalizer_slot, msgspec.json.encode(body),
+                                    request.headers, client)
+    return mapping.rank_response(decision, [action["id"] for action in payload["actions"]])
+
+
+@post(_paths("/events/{event_id:str}/reward"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=204)
+async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
+    payload = _object(await request.body())
+    value = payload.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, "invalid_request", "value must be a number", "value")
+    await record_reward(app_state, event_id, msgspec.json.encode({"value": value}))
+
+
+@post(_paths("/events/{event_id:str}/activate"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=204)
+async def activate(app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
+    await activate_event(app_state, event_id, b"")
+
+
+# -- configurations ------------------------------------------------------------------------
+
+
+def _vw(state: AppState, slot: SlotState) -> VWConfig | None:
+    policy = state.registry.policies.get(slot.policy_name)
+    if policy is None or policy.config.kind != "vw":
+        return None
+    return policy.config.vw or VWConfig()
+
+
+def service_configuration(state: AppState) -> dict[str, Any]:
+    slot = _slot(state)
+    vw = _vw(state, slot)
+    return {
+        "rewardWaitTime": mapping.format_duration(slot.reward_window_s),
+        "defaultReward": slot.default_reward,
+        "rewardAggregation": {v: k for k, v in mapping.REWARD_AGGREGATIONS.items()}[slot.reward_aggregation],
+        "explorationPercentage": round(vw.epsilon * 100, 6) if vw is not None else 0.0,
+        "modelExportFrequency": mapping.format_duration(max(1.0, state.settings.model_poll_interval_s)),
+        "logRetentionDays": -1,
+        "modelRetrainDays": 0,
+        "learningMode": {v: k for k, v in mapping.LEARNING_MODES.items()}[slot.learning_mode],
+        "isAutoOptimizationEnabled": False,
+        "logMirrorEnabled": False,
+    }
+
+
+def update_service_configuration(state: AppState, body: bytes) -> dict[str, Any]:
+    """Map the fields we have onto the slot (one ``PUT /v1/slots`` change); the rest are ignored."""
+    payload = _object(body)
+    slot = _slot(state)
+    values: dict[str, Any] = {}
+    if payload.get("rewardWaitTime") is not None:
+        values["reward_window_s"] = int(round(mapping.parse_duration(payload["rewardWaitTime"], "rewardWaitTime")))
+    if payload.get("defaultReward") is not None:
+        values["default_reward"] = payload["defaultReward"]
+    if payload.get("rewardAggregation") is not None:
+        names = {k.lower(): v for k, v in mapping.REWARD_AGGREGATIONS.items()}
+        aggregation = str(payload["rewardAggregation"]).lower()
+        if aggregation not in names:
+            raise ApiError(400, "invalid_request", f"rewardAggregation must be one of "
+                           f"{', '.join(mapping.REWARD_AGGREGATIONS)}", "rewardAggregation")
+        values["reward_aggregation"] = names[aggregation]
+    if payload.get("learningMode") is not None:
+        modes = {k.lower(): v for k, v in mapping.LEARNING_MODES.items()}
+        mode = str(payload["learningMode"]).lower()
+        if mode not in modes:
+            raise ApiError(400, "invalid_request", f"learningMode must be one of {', '.join(mapping.LEARNING_MODES)}",
+                           "learningMode")
+        values["learning_mode"] = modes[mode]
+    percentage = payload.get("explorationPercentage")
+    if percentage is not None:
+        if isinstance(percentage, bool) or not isinstance(percentage, int | float) or not 0 <= percentage <= 100:
+            raise ApiError(400, "invalid_request", "explorationPercentage must be a number in [0, 100]",
+                           "explorationPercentage")
+        vw = _vw(state, slot)
+        if vw is not None and abs(vw.epsilon * 100 - percentage) > 1e-9:
+            options = {**vw.to_dict(), "exploration": "epsilon", "epsilon": percentage / 100, "cb_type": "mtr"}
+            values["policy"] = {"kind": "vw", "vw": options}
+    if values:
+        _put_slot(state, values)
+    return service_configuration(state)
+
+
+@get(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def get_service_configuration(app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(_get_service_configuration, app_state)
+
+
+def _get_service_configuration(app_state: AppState) -> dict[str, Any]:
+    return service_configuration(app_state)
+
+
+@put(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def put_service_configuration(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(update_service_configuration, app_state, await request.body())
+
+
+def policy_dict(state: AppState) -> dict[str, Any]:
+    slot = _slot(state)
+    policy = state.registry.policies.get(slot.policy_name)
+    kind = policy.config.kind if policy else "vw"
+    vw = _vw(state, slot)
+    return {"name": slot.policy_name if kind == "vw" else f"{slot.policy_name} ({kind})",
+            "arguments": mapping.policy_arguments(vw.to_args()) if vw is not None else ""}
+
+
+def update_policy(state: AppState, body: bytes) -> dict[str, Any]:
+    payload = _object(body)
+    options = mapping.parse_policy_arguments(payload.get("arguments"))
+    VWConfig.from_dict(options)  # refuse bad values (naming the option) before anything changes
+    _put_slot(state, {"policy": {"kind": "vw", "vw": options}})
+    return policy_dict(state)
+
+
+def reset_policy(state: AppState) -> dict[str, Any]:
+    _put_slot(state, {"policy": {"kind": "vw"}})  # the default VWConfig
+    return policy_dict(state)
+
+
+@get(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def get_policy(app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(_get_policy, app_state)
+
+
+def _get_policy(app_state: AppState) -> dict[str, Any]:
+    return policy_dict(app_state)
+
+
+@put(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def put_policy(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(update_policy, app_state, await request.body())
+
+
+@delete(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], status_code=200)
+async def delete_policy(app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(_delete_policy, app_state)
+
+
+def _delete_policy(app_state: AppState) -> dict[str, Any]:
+    return reset_policy(app_state)
+
+
+# -- model ---------------------------------------------------------------------------------
+
+
+@get(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def get_model(app_state: ProvidedAppState) -> Response[bytes]:
+    name = _slot(app_state).policy_name
+    _, model = await asyncio.to_thread(model_admin.export_model, app_state.engine, name)
+    return Response(model, media_type="application/octet-stream")
+
+
+@put(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], request_max_body_size=model_admin.MAX_MODEL_BYTES, status_code=204)
+async def put_model(request: Req, app_state: ProvidedAppState) -> None:
+    name = _slot(app_state).policy_name
+    await asyncio.to_thread(model_admin.import_model, app_state.engine, name, await request.body())
+    await asyncio.to_thread(app_state.registry.refresh)
+
+
+@delete(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], status_code=204)
+async def delete_model(app_state: ProvidedAppState) -> None:
+    name = _slot(app_state).policy_name
+    await asyncio.to_thread(model_admin.reset_policy, app_state.engine, name)
+    await asyncio.to_thread(app_state.registry.refresh)
+
+
+@get(_paths("/model/properties"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def get_model_properties(app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(_get_model_properties, app_state)
+
+
+def _get_model_properties(app_state: AppState) -> dict[str, Any]:
+    snapshots = model_admin.list_snapshots(app_state.engine, _slot(app_state).policy_name)
+    if not snapshots:
+        return {}
+    return {"creationTime": snapshots[-1]["created_at"], "lastModifiedTime": snapshots[0]["created_at"]}
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+@get(_paths("/logs/properties"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+async def get_log_properties(app_state: ProvidedAppState) -> dict[str, Any]:
+    return await asyncio.to_thread(_get_log_properties, app_state)
+
+
+def _get_log_properties(app_state: AppState) -> dict[str, Any]:
+    slot = _slot(app_state)
+    with app_state.engine.connect() as connection:
+        first, last = connection.execute(
+            select(func.min(Decision.created_at), func.max(Decision.created_at)).where(Decision.slot_id == slot.id)
+        ).one()
+    if first is None:
+        return {"dateRange": {}}
+    return {"dateRange": {"from": first.isoformat(), "to": last.isoformat()}}
+
+
+ROUTES = [rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
+                    put_policy, delete_policy, get_model, put_model, delete_model, get_model_properties,
+                    get_log_properties]
+"""Every Personalizer route, each with its errors in Personalizer's shape."""
