@@ -238,7 +238,8 @@ def check_same_origin(method: str, headers: Mapping[str, str]) -> None:
     cookie alone: a page on another port of the same host (same site, so the SameSite cookie
     goes along) can then neither submit a form nor send a "simple" text/plain request.
     Requests with a key header cannot be forged by a page and are not checked."""
-    if method not in _STATE_CHANGING or headers.get("authorization") or headers.get("x-api-key"):
+    if method not in _STATE_CHANGING or headers.get("authorization") or headers.get("x-api-key") \
+            or headers.get("ocp-apim-subscription-key"):
         return
     site = headers.get("sec-fetch-site")
     origin = headers.get("origin")

@@ -7,6 +7,9 @@ and ``/personalizer/<path>?api-version=2022-09-01-preview`` (``azure-ai-personal
 (``api.hot_path``) with a translated body: the same decide path, log, propensities, idempotent
 event ids and durability before the answer. Configuration changes go through the slot admin path
 of ``PUT /v1/slots/{slot}`` and the model routes through ``api.model_admin``.
+
+The routes are left out of our OpenAPI document (``/schema``): their contract is Microsoft's
+Personalizer REST reference, not ours.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def _put_slot(state: AppState, values: dict[str, Any]) -> None:
 # -- rank, reward, activate ----------------------------------------------------------------
 
 
-@post(_paths("/rank"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=201)
+@post(_paths("/rank"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=201)
 async def rank(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
     payload = _object(await request.body())
     body, _ = mapping.decide_body(payload)
@@ -84,7 +87,7 @@ async def rank(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
     return mapping.rank_response(decision, [action["id"] for action in payload["actions"]])
 
 
-@post(_paths("/events/{event_id:str}/reward"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=204)
+@post(_paths("/events/{event_id:str}/reward"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=204)
 async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
     payload = _object(await request.body())
     value = payload.get("value")
@@ -93,7 +96,7 @@ async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[s
     await record_reward(app_state, event_id, msgspec.json.encode({"value": value}))
 
 
-@post(_paths("/events/{event_id:str}/activate"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_decide], status_code=204)
+@post(_paths("/events/{event_id:str}/activate"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=204)
 async def activate(app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
     await activate_event(app_state, event_id, b"")
 
@@ -162,7 +165,7 @@ def update_service_configuration(state: AppState, body: bytes) -> dict[str, Any]
     return service_configuration(state)
 
 
-@get(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@get(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def get_service_configuration(app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(_get_service_configuration, app_state)
 
@@ -171,7 +174,7 @@ def _get_service_configuration(app_state: AppState) -> dict[str, Any]:
     return service_configuration(app_state)
 
 
-@put(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@put(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def put_service_configuration(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(update_service_configuration, app_state, await request.body())
 
@@ -198,7 +201,7 @@ def reset_policy(state: AppState) -> dict[str, Any]:
     return policy_dict(state)
 
 
-@get(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@get(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def get_policy(app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(_get_policy, app_state)
 
@@ -207,12 +210,12 @@ def _get_policy(app_state: AppState) -> dict[str, Any]:
     return policy_dict(app_state)
 
 
-@put(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@put(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def put_policy(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(update_policy, app_state, await request.body())
 
 
-@delete(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], status_code=200)
+@delete(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], status_code=200)
 async def delete_policy(app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(_delete_policy, app_state)
 
@@ -224,28 +227,28 @@ def _delete_policy(app_state: AppState) -> dict[str, Any]:
 # -- model ---------------------------------------------------------------------------------
 
 
-@get(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@get(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def get_model(app_state: ProvidedAppState) -> Response[bytes]:
     name = _slot(app_state).policy_name
     _, model = await asyncio.to_thread(model_admin.export_model, app_state.engine, name)
     return Response(model, media_type="application/octet-stream")
 
 
-@put(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], request_max_body_size=model_admin.MAX_MODEL_BYTES, status_code=204)
+@put(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], request_max_body_size=model_admin.MAX_MODEL_BYTES, status_code=204)
 async def put_model(request: Req, app_state: ProvidedAppState) -> None:
     name = _slot(app_state).policy_name
     await asyncio.to_thread(model_admin.import_model, app_state.engine, name, await request.body())
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-@delete(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin], status_code=204)
+@delete(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], status_code=204)
 async def delete_model(app_state: ProvidedAppState) -> None:
     name = _slot(app_state).policy_name
     await asyncio.to_thread(model_admin.reset_policy, app_state.engine, name)
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-@get(_paths("/model/properties"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@get(_paths("/model/properties"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def get_model_properties(app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(_get_model_properties, app_state)
 
@@ -260,7 +263,7 @@ def _get_model_properties(app_state: AppState) -> dict[str, Any]:
 # -- logs ----------------------------------------------------------------------------------
 
 
-@get(_paths("/logs/properties"), exception_handlers=EXCEPTION_HANDLERS, guards=[require_admin])
+@get(_paths("/logs/properties"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
 async def get_log_properties(app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(_get_log_properties, app_state)
 
