@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from sqlalchemy import func, select
 
 from api import model_admin
@@ -27,7 +27,7 @@ from api.auth import require_admin, require_decide
 from api.db.models import Decision
 from api.errors import ApiError
 from api.hot_path import activate_event, record_reward, serve_decision
-from api.personalizer import mapping
+from api.personalizer import evaluations, mapping
 from api.personalizer.errors import EXCEPTION_HANDLERS
 from api.registry import SlotState
 from api.state import AppState, ProvidedAppState
@@ -279,7 +279,46 @@ def _get_log_properties(app_state: AppState) -> dict[str, Any]:
     return {"dateRange": {"from": first.isoformat(), "to": last.isoformat()}}
 
 
-ROUTES = [rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
+# -- evaluations ---------------------------------------------------------------------------
+
+_H = {"exception_handlers": EXCEPTION_HANDLERS, "include_in_schema": False, "guards": [require_admin]}
+
+
+def _submit(request: Req) -> None:
+    runner = getattr(request.app.state, "evaluation_runner", None)
+    if runner is not None:
+        runner.submit()
+
+
+@put(_paths("/evaluations/{evaluation_id:str}"), status_code=200, **_H)
+async def put_evaluation(request: Req, app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> None:
+    await asyncio.to_thread(evaluations.create_evaluation, app_state, evaluation_id, await request.body())
+    _submit(request)
+
+
+@get(_paths("/evaluations/{evaluation_id:str}"), **_H)
+async def get_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> dict[str, Any]:
+    return await asyncio.to_thread(evaluations.evaluation_dict, app_state, evaluation_id)
+
+
+@get(_paths("/evaluations"), **_H)
+async def get_evaluations(app_state: ProvidedAppState, top: FromQuery[int | None] = None,
+                          skip: FromQuery[int] = 0) -> dict[str, Any]:
+    return await asyncio.to_thread(evaluations.list_evaluations, app_state, top, skip)
+
+
+@delete(_paths("/evaluations/{evaluation_id:str}"), status_code=204, **_H)
+async def delete_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> None:
+    await asyncio.to_thread(evaluations.delete_evaluation, app_state, evaluation_id)
+
+
+@post(_paths("/configurations/applyFromEvaluation"), status_code=204, **_H)
+async def post_apply(request: Req, app_state: ProvidedAppState) -> None:
+    await asyncio.to_thread(evaluations.apply_from_evaluation, app_state, await request.body())
+    await asyncio.to_thread(app_state.registry.refresh)
+
+
+ROUTES = [put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply, rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
                     put_policy, delete_policy, get_model, put_model, delete_model, get_model_properties,
                     get_log_properties]
 """Every Personalizer route, each with its errors in Personalizer's shape."""

@@ -226,6 +226,52 @@ def test_learning_changes_the_ranking_and_the_model_moves(live, clients, sqlite_
     assert admin.get_log_properties()["dateRange"]["from"]
 
 
+def test_an_evaluation_created_read_back_applied_and_deleted(live, clients) -> None:
+    server, admin_key, decide_key = live
+    client = NewClient(server.url, AzureKeyCredential(decide_key))
+    admin = PersonalizerAdministrationClient(server.url, AzureKeyCredential(admin_key))
+    clients += [client, admin]
+    admin.update_service_configuration({**admin.get_service_configuration(), "rewardWaitTime": "PT0S"})
+    for _ in range(80):
+        r = client.rank({"actions": ACTIONS, "contextFeatures": CONTEXT})
+        client.reward(r["eventId"], {"value": 1.0 if r["rewardActionId"] == "sports" else 0.0})
+    now = datetime.now(UTC)
+    window = {"startTime": (now - timedelta(hours=1)).isoformat(), "endTime": (now + timedelta(hours=1)).isoformat()}
+    with pytest.raises(HttpResponseError) as caught:
+        admin.create_evaluation("bad", {"name": "bad", **window,
+                                        "policies": [{"name": "x", "arguments": "--cb_explore_adf --bootstrap 4"}]})
+    assert caught.value.status_code == 400 and "--bootstrap" in caught.value.error.message
+    admin.create_evaluation("eval-1", {"name": "greedier", **window, "policies": [
+        {"name": "epsilon 20%", "arguments": "--cb_explore_adf --epsilon 0.2 -q UA"}]})
+    with pytest.raises(HttpResponseError) as caught:
+        admin.create_evaluation("eval-1", {"name": "again", **window})
+    assert caught.value.status_code == 409
+    deadline = time.monotonic() + 120
+    while True:
+        evaluation = admin.get_evaluation("eval-1", start_time=now - timedelta(hours=1), end_time=now)
+        if evaluation["status"] != "Running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert evaluation["status"] == "Succeeded", evaluation
+    assert (evaluation["id"], evaluation["name"], evaluation["evaluationType"]) == ("eval-1", "greedier", "Manual")
+    results = {item["name"]: item for item in evaluation["content"]["value"]}
+    assert results["epsilon 20%"]["policySource"] == "Custom"
+    assert results["epsilon 20%"]["arguments"] == "--cb_explore_adf --epsilon 0.2 -q UA"
+    assert {item["policySource"] for item in results.values()} >= {"Online", "Random", "Custom"}
+    for item in results.values():
+        low, high = item["summary"]["confidenceInterval"]
+        assert low <= item["summary"]["expectedReward"] <= high
+    assert [e["id"] for e in admin.list_evaluations()] == ["eval-1"]
+
+    admin.apply_from_evaluation({"evaluationId": "eval-1", "policyName": "epsilon 20%"})
+    assert "--epsilon 0.2" in admin.get_policy()["arguments"]
+    assert admin.get_evaluation("eval-1", start_time=now, end_time=now)["status"] == "OptimalPolicyApplied"
+    admin.delete_evaluation("eval-1")
+    with pytest.raises(HttpResponseError) as caught:
+        admin.get_evaluation("eval-1", start_time=now, end_time=now)
+    assert caught.value.status_code == 404 and caught.value.error.code == "ResourceNotFound"
+
+
 def test_the_flattening_of_nested_features() -> None:
     flat = mapping.flatten_features(
         [{"a": {"b": 1, "c": [1.5, {"d": "x"}], "tags": ["p", "q"], "none": None}}, {"e": True}], "contextFeatures"
