@@ -20,11 +20,14 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery
+from sqlalchemy import delete as sqldelete
 from sqlalchemy import func, select
 
 from api import model_admin
 from api.auth import require_admin, require_decide
-from api.db.models import Decision
+from api.db.experiment_models import ReportChunk
+from api.db.learning_models import LearnedDecision
+from api.db.models import Activation, Decision, Reward
 from api.errors import ApiError
 from api.hot_path import activate_event, record_reward, serve_decision
 from api.personalizer import evaluations, mapping
@@ -318,7 +321,28 @@ async def post_apply(request: Req, app_state: ProvidedAppState) -> None:
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-ROUTES = [put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply, rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
+def delete_logs(state: AppState) -> dict[str, int]:
+    """Delete the slot's decisions with their activations, rewards and learner ledger rows (the
+    model stays, as in Personalizer); report copies are rebuilt from what is left."""
+    slot = _slot(state)
+    events = select(Decision.event_id).where(Decision.slot_id == slot.id)
+    with state.engine.begin() as connection:
+        rewards = connection.execute(sqldelete(Reward).where(Reward.event_id.in_(events))).rowcount
+        activations = connection.execute(sqldelete(Activation).where(Activation.event_id.in_(events))).rowcount
+        connection.execute(sqldelete(LearnedDecision).where(
+            LearnedDecision.seq.in_(select(Decision.seq).where(Decision.slot_id == slot.id))))
+        decisions = connection.execute(sqldelete(Decision).where(Decision.slot_id == slot.id)).rowcount
+        if decisions or rewards or activations:
+            connection.execute(sqldelete(ReportChunk))
+    return {"decisions": decisions, "activations": activations, "rewards": rewards}
+
+
+@delete(_paths("/logs"), status_code=204, **_H)
+async def delete_log(app_state: ProvidedAppState) -> None:
+    await asyncio.to_thread(delete_logs, app_state)
+
+
+ROUTES = [delete_log, put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply, rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
                     put_policy, delete_policy, get_model, put_model, delete_model, get_model_properties,
                     get_log_properties]
 """Every Personalizer route, each with its errors in Personalizer's shape."""

@@ -224,6 +224,11 @@ def test_learning_changes_the_ranking_and_the_model_moves(live, clients, sqlite_
     admin.import_model(model)
     assert b"".join(admin.export_model()) == model
     assert admin.get_log_properties()["dateRange"]["from"]
+    event_id = client.rank({"actions": ACTIONS})["eventId"]
+    admin.delete_logs()
+    assert admin.get_log_properties()["dateRange"] == {}
+    assert httpx.get(f"{server.url}/v1/events/{event_id}", headers={"Authorization": f"Bearer {admin_key}"}).status_code == 404
+    assert b"".join(admin.export_model()) == model  # the model stays
 
 
 def test_an_evaluation_created_read_back_applied_and_deleted(live, clients) -> None:
