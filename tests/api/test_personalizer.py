@@ -74,8 +74,10 @@ def test_the_v1_0_client_ranks_rewards_and_activates(live, clients) -> None:
     client = OldClient(server.url, CognitiveServicesCredentials(decide_key))
     clients.append(client)
     actions = [RankableAction(id=a["id"], features=a["features"]) for a in ACTIONS]
+    iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
     response = client.rank(RankRequest(actions=actions, context_features=CONTEXT, excluded_actions=["cooking"],
-                                       event_id="old-1", defer_activation=True))
+                                       event_id="old-1", defer_activation=True),
+                           custom_headers={"User-Agent": iphone, "CF-IPCountry": "DE"})
     assert response.event_id == "old-1"
     assert response.reward_action_id in ("news", "sports")
     ranking = {a.id: a.probability for a in response.ranking}
@@ -89,6 +91,9 @@ def test_the_v1_0_client_ranks_rewards_and_activates(live, clients) -> None:
     assert decision["chosen_block"] == response.reward_action_id
     assert decision["probability"] == pytest.approx(ranking[response.reward_action_id])
     assert decision["context"]["user"] == {"user.tier": "gold", "user.visits": 4.0, "device.kind": "phone"}
+    # what the client did not send is derived from the request, as on /v1
+    assert decision["context"]["device"]["type"] == "mobile" and decision["context"]["location"]["country"] == "DE"
+    assert "daypart" in decision["context"]["time"]
 
     # idempotent: the same event id answers the logged decision
     again = client.rank(RankRequest(actions=actions, excluded_actions=["cooking"], event_id="old-1"))
