@@ -1,7 +1,8 @@
 """Azure Personalizer's REST API, served: Microsoft's clients switch by changing the endpoint.
 
-A Personalizer "service" is one slot (``ServiceSettings.personalizer_slot``, env
-``SLOTBANDIT_PERSONALIZER_SLOT``, default ``personalizer``). Requests are translated at the edge
+A Personalizer "service" is one slot: the endpoint ``https://host`` serves the default slot
+(``ServiceSettings.personalizer_slot``, env ``SLOTBANDIT_PERSONALIZER_SLOT``, default
+``personalizer``), the endpoint ``https://host/services/<slot>`` any other existing slot. Requests are translated at the edge
 into the same decisions, events, policies, models and evaluations as ``/v1``: one engine, two
 dialects.
 

@@ -40,8 +40,7 @@ _INVALID = re.compile(r"[^A-Za-z0-9._:-]")
 MAX_ID_LENGTH = 256
 
 
-def _rows(state: AppState) -> list[dict[str, Any]]:
-    slot = state.settings.personalizer_slot
+def _rows(state: AppState, slot: str) -> list[dict[str, Any]]:
     with state.engine.connect() as connection:
         rows = connection.execute(
             select(StoredEvaluation.__table__).where(StoredEvaluation.slot_name == slot)
@@ -55,15 +54,16 @@ def _public_id(row: Mapping[str, Any]) -> str:
     return str(meta.get("id") or row["id"])
 
 
-def _find(state: AppState, evaluation_id: str) -> dict[str, Any] | None:
-    for row in _rows(state):
+def _find(state: AppState, slot: str, evaluation_id: str) -> dict[str, Any] | None:
+    for row in _rows(state, slot):
         if _public_id(row) == evaluation_id:
             return row
     return None
 
 
-def _row(state: AppState, evaluation_id: str) -> dict[str, Any]:
-    row = _find(state, evaluation_id)
+def _row(state: AppState, slot: str, evaluation_id: str) -> dict[str, Any]:
+    state.decider.slot(slot)  # a 404 for a service that does not exist
+    row = _find(state, slot, evaluation_id)
     if row is None:
         raise ApiError(404, "unknown_evaluation", f"no evaluation '{evaluation_id}'", "evaluationId")
     return row
@@ -84,11 +84,12 @@ def _candidate_name(name: Any, index: int, taken: set[str]) -> str:
     return name_
 
 
-def create_evaluation(state: AppState, evaluation_id: str, body: bytes) -> None:
+def create_evaluation(state: AppState, slot: str, evaluation_id: str, body: bytes) -> None:
     if not 1 <= len(evaluation_id) <= MAX_ID_LENGTH:
         raise ApiError(400, "invalid_request", f"evaluation ids are 1..{MAX_ID_LENGTH} characters", "evaluationId")
     payload = _object(body)
-    if _find(state, evaluation_id) is not None:
+    state.decider.slot(slot)
+    if _find(state, slot, evaluation_id) is not None:
         raise ApiError(409, "evaluation_exists", f"evaluation '{evaluation_id}' exists", "evaluationId")
     policies = payload.get("policies") or []
     if not isinstance(policies, list):
@@ -102,7 +103,7 @@ def create_evaluation(state: AppState, evaluation_id: str, body: bytes) -> None:
         key = _candidate_name(policy.get("name"), index, taken)
         candidates[key] = mapping.parse_policy_arguments(policy.get("arguments"), f"policies[{index}].arguments")
         originals[key] = {"name": policy.get("name") or key, "arguments": policy.get("arguments")}
-    ours: dict[str, Any] = {"slot": state.settings.personalizer_slot, "candidates": candidates,
+    ours: dict[str, Any] = {"slot": slot, "candidates": candidates,
                             "standard_candidates": bool(payload.get("enablePolicyOptimization"))}
     for theirs, field in (("startTime", "since"), ("endTime", "until")):
         if payload.get(theirs) is not None:
@@ -139,8 +140,8 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
             "creationTime": created, "evaluationType": "Manual", "status": status}
 
 
-def evaluation_dict(state: AppState, evaluation_id: str) -> dict[str, Any]:
-    row = _row(state, evaluation_id)
+def evaluation_dict(state: AppState, slot: str, evaluation_id: str) -> dict[str, Any]:
+    row = _row(state, slot, evaluation_id)
     data = _summary(row)
     request = row["request"] or {}
     originals = (request.get("personalizer") or {}).get("policies") or {}
@@ -154,7 +155,7 @@ def evaluation_dict(state: AppState, evaluation_id: str) -> dict[str, Any]:
         data["optimalPolicy"] = originals.get(recommended, {}).get("name", recommended)
     if row["status"] != "done":
         return data
-    online = policy_arguments_of(state)
+    online = policy_arguments_of(state, slot)
     series = result.get("series") or []
     values = []
     for policy in result.get("policies", []):
@@ -192,9 +193,8 @@ def _arguments_of(config: Mapping[str, Any]) -> str:
         return ""
 
 
-def policy_arguments_of(state: AppState) -> str:
-    slot = state.decider.slot(state.settings.personalizer_slot)
-    policy = state.registry.policies.get(slot.policy_name)
+def policy_arguments_of(state: AppState, slot: str) -> str:
+    policy = state.registry.policies.get(state.decider.slot(slot).policy_name)
     if policy is None or policy.config.kind != "vw":
         return ""
     from bandits.policies import VWConfig
@@ -202,20 +202,21 @@ def policy_arguments_of(state: AppState) -> str:
     return mapping.policy_arguments((policy.config.vw or VWConfig()).to_args())
 
 
-def list_evaluations(state: AppState, top: int | None, skip: int) -> dict[str, Any]:
-    rows = _rows(state)[max(0, skip):]
+def list_evaluations(state: AppState, slot: str, top: int | None, skip: int) -> dict[str, Any]:
+    state.decider.slot(slot)
+    rows = _rows(state, slot)[max(0, skip):]
     if top is not None:
         rows = rows[:max(0, top)]
     return {"value": [_summary(row) for row in rows]}
 
 
-def delete_evaluation(state: AppState, evaluation_id: str) -> None:
-    row = _row(state, evaluation_id)
+def delete_evaluation(state: AppState, slot: str, evaluation_id: str) -> None:
+    row = _row(state, slot, evaluation_id)
     with state.engine.begin() as connection:
         connection.execute(delete(StoredEvaluation).where(StoredEvaluation.id == row["id"]))
 
 
-def apply_from_evaluation(state: AppState, body: bytes) -> None:
+def apply_from_evaluation(state: AppState, slot: str, body: bytes) -> None:
     """``{"evaluationId", "policyName"}``: the candidate becomes the slot's policy with a model
     trained on the log (``api.offline.apply_candidate``; applied even when not recommended, as
     Personalizer did)."""
@@ -223,7 +224,7 @@ def apply_from_evaluation(state: AppState, body: bytes) -> None:
     evaluation_id = payload.get("evaluationId")
     if not isinstance(evaluation_id, str):
         raise ApiError(400, "invalid_request", "evaluationId must be a string", "evaluationId")
-    row = _row(state, evaluation_id)
+    row = _row(state, slot, evaluation_id)
     wanted = payload.get("policyName")
     originals = ((row["request"] or {}).get("personalizer") or {}).get("policies") or {}
     candidates = (row["request"] or {}).get("candidates") or {}

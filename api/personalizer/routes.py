@@ -1,9 +1,10 @@
-"""The ``/personalizer`` routes: Azure Personalizer's single-slot REST API on the slot named by
-``ServiceSettings.personalizer_slot``.
+"""The ``/personalizer`` routes: Azure Personalizer's single-slot REST API.
 
-Every path is served twice: ``/personalizer/v1.0/<path>`` (``azure-cognitiveservices-personalizer``)
-and ``/personalizer/<path>?api-version=2022-09-01-preview`` (``azure-ai-personalizer``); the
-``api-version`` parameter is not needed. Rank, reward and activate call the v1 hot path
+Every path is served as ``/personalizer/v1.0/<path>`` (``azure-cognitiveservices-personalizer``)
+and ``/personalizer/<path>?api-version=2022-09-01-preview`` (``azure-ai-personalizer``; the
+``api-version`` parameter is not needed), on the slot ``ServiceSettings.personalizer_slot``; and
+both again under ``/services/{slot}``, on that (existing) slot: a client whose endpoint is
+``https://host/services/news.hero`` is the Personalizer "service" ``news.hero``. Rank, reward and activate call the v1 hot path
 (``api.hot_path``) with a translated body: the same decide path, log, propensities, idempotent
 event ids and durability before the answer. Configuration changes go through the slot admin path
 of ``PUT /v1/slots/{slot}`` and the model routes through ``api.model_admin``.
@@ -42,7 +43,17 @@ Req = Request[Any, Any, Any]
 
 
 def _paths(path: str) -> list[str]:
-    return [f"/personalizer/v1.0{path}", f"/personalizer{path}"]
+    return [f"{prefix}/personalizer{version}{path}" for prefix in ("", "/services/{service:str}")
+            for version in ("/v1.0", "")]
+
+
+Service = FromPath[str | None]
+"""The ``{service}`` of ``/services/{service}/personalizer/...``: the slot of that name (None: the
+default, ``ServiceSettings.personalizer_slot``)."""
+
+
+def slot_name(state: AppState, service: str | None) -> str:
+    return service or state.settings.personalizer_slot
 
 
 def _json(body: bytes) -> Any:
@@ -59,39 +70,45 @@ def _object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _slot(state: AppState) -> SlotState:
-    return state.decider.slot(state.settings.personalizer_slot)
+def _slot(state: AppState, slot: str) -> SlotState:
+    return state.decider.slot(slot)
 
 
 def ensure_slot(state: AppState) -> None:
     """Create the Personalizer slot when it is missing: default settings, a reward range of
     [-1, 1] as Personalizer accepted, the default ``vw`` policy."""
     if state.settings.personalizer_slot not in state.registry.slots:
-        _put_slot(state, {"reward_range": [-1, 1]})
+        _put_slot(state, state.settings.personalizer_slot, {"reward_range": [-1, 1]})
 
 
-def _put_slot(state: AppState, values: dict[str, Any]) -> None:
+def _put_slot(state: AppState, slot: str, values: dict[str, Any]) -> None:
     # the one slot admin path of PUT /v1/slots (imported late: api.app imports this feature)
     from api.app import _put_slot as put_slot
 
-    put_slot(state, state.settings.personalizer_slot, msgspec.json.encode(values))  # type: ignore[arg-type]
+    put_slot(state, slot, msgspec.json.encode(values))  # type: ignore[arg-type]
+
+
+_H: Any = {"exception_handlers": EXCEPTION_HANDLERS, "include_in_schema": False, "guards": [require_admin]}
+"""What every admin route of the surface declares."""
+_D: Any = {"exception_handlers": EXCEPTION_HANDLERS, "include_in_schema": False, "guards": [require_decide]}
+"""... and every rank, reward and activate route."""
 
 
 # -- rank, reward, activate ----------------------------------------------------------------
 
 
-@post(_paths("/rank"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=201)
-async def rank(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
+@post(_paths("/rank"), **_D, status_code=201)
+async def rank(request: Req, app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
     payload = _object(await request.body())
     body, _ = mapping.decide_body(payload)
     client = request.client.host if request.client else None
-    decision = await serve_decision(app_state, app_state.settings.personalizer_slot, msgspec.json.encode(body),
+    decision = await serve_decision(app_state, slot_name(app_state, service), msgspec.json.encode(body),
                                     request.headers, client)
     return mapping.rank_response(decision, [action["id"] for action in payload["actions"]])
 
 
-@post(_paths("/events/{event_id:str}/reward"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=204)
-async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
+@post(_paths("/events/{event_id:str}/reward"), **_D, status_code=204)
+async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[str], service: Service = None) -> None:
     payload = _object(await request.body())
     value = payload.get("value")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -99,8 +116,8 @@ async def reward(request: Req, app_state: ProvidedAppState, event_id: FromPath[s
     await record_reward(app_state, event_id, msgspec.json.encode({"value": value}))
 
 
-@post(_paths("/events/{event_id:str}/activate"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_decide], status_code=204)
-async def activate(app_state: ProvidedAppState, event_id: FromPath[str]) -> None:
+@post(_paths("/events/{event_id:str}/activate"), **_D, status_code=204)
+async def activate(app_state: ProvidedAppState, event_id: FromPath[str], service: Service = None) -> None:
     await activate_event(app_state, event_id, b"")
 
 
@@ -114,8 +131,8 @@ def _vw(state: AppState, slot: SlotState) -> VWConfig | None:
     return policy.config.vw or VWConfig()
 
 
-def service_configuration(state: AppState) -> dict[str, Any]:
-    slot = _slot(state)
+def service_configuration(state: AppState, slot_: str) -> dict[str, Any]:
+    slot = _slot(state, slot_)
     vw = _vw(state, slot)
     return {
         "rewardWaitTime": mapping.format_duration(slot.reward_window_s),
@@ -131,10 +148,10 @@ def service_configuration(state: AppState) -> dict[str, Any]:
     }
 
 
-def update_service_configuration(state: AppState, body: bytes) -> dict[str, Any]:
+def update_service_configuration(state: AppState, slot_: str, body: bytes) -> dict[str, Any]:
     """Map the fields we have onto the slot (one ``PUT /v1/slots`` change); the rest are ignored."""
     payload = _object(body)
-    slot = _slot(state)
+    slot = _slot(state, slot_)
     values: dict[str, Any] = {}
     if payload.get("rewardWaitTime") is not None:
         values["reward_window_s"] = int(round(mapping.parse_duration(payload["rewardWaitTime"], "rewardWaitTime")))
@@ -164,26 +181,23 @@ def update_service_configuration(state: AppState, body: bytes) -> dict[str, Any]
             options = {**vw.to_dict(), "exploration": "epsilon", "epsilon": percentage / 100, "cb_type": "mtr"}
             values["policy"] = {"kind": "vw", "vw": options}
     if values:
-        _put_slot(state, values)
-    return service_configuration(state)
+        _put_slot(state, slot_, values)
+    return service_configuration(state, slot_)
 
 
-@get(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def get_service_configuration(app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(_get_service_configuration, app_state)
+@get(_paths("/configurations/service"), **_H)
+async def get_service_configuration(app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(service_configuration, app_state, slot_name(app_state, service))
 
 
-def _get_service_configuration(app_state: AppState) -> dict[str, Any]:
-    return service_configuration(app_state)
+@put(_paths("/configurations/service"), **_H)
+async def put_service_configuration(request: Req, app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(update_service_configuration, app_state, slot_name(app_state, service),
+                                   await request.body())
 
 
-@put(_paths("/configurations/service"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def put_service_configuration(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(update_service_configuration, app_state, await request.body())
-
-
-def policy_dict(state: AppState) -> dict[str, Any]:
-    slot = _slot(state)
+def policy_dict(state: AppState, slot_: str) -> dict[str, Any]:
+    slot = _slot(state, slot_)
     policy = state.registry.policies.get(slot.policy_name)
     kind = policy.config.kind if policy else "vw"
     vw = _vw(state, slot)
@@ -191,89 +205,82 @@ def policy_dict(state: AppState) -> dict[str, Any]:
             "arguments": mapping.policy_arguments(vw.to_args()) if vw is not None else ""}
 
 
-def update_policy(state: AppState, body: bytes) -> dict[str, Any]:
+def update_policy(state: AppState, slot_: str, body: bytes) -> dict[str, Any]:
+    _slot(state, slot_)  # a 404 for a service that does not exist (PUT /v1/slots would create it)
     payload = _object(body)
     options = mapping.parse_policy_arguments(payload.get("arguments"))
     VWConfig.from_dict(options)  # refuse bad values (naming the option) before anything changes
-    _put_slot(state, {"policy": {"kind": "vw", "vw": options}})
-    return policy_dict(state)
+    _put_slot(state, slot_, {"policy": {"kind": "vw", "vw": options}})
+    return policy_dict(state, slot_)
 
 
-def reset_policy(state: AppState) -> dict[str, Any]:
-    _put_slot(state, {"policy": {"kind": "vw"}})  # the default VWConfig
-    return policy_dict(state)
+def reset_policy(state: AppState, slot_: str) -> dict[str, Any]:
+    _slot(state, slot_)
+    _put_slot(state, slot_, {"policy": {"kind": "vw"}})  # the default VWConfig
+    return policy_dict(state, slot_)
 
 
-@get(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def get_policy(app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(_get_policy, app_state)
+@get(_paths("/configurations/policy"), **_H)
+async def get_policy(app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(policy_dict, app_state, slot_name(app_state, service))
 
 
-def _get_policy(app_state: AppState) -> dict[str, Any]:
-    return policy_dict(app_state)
+@put(_paths("/configurations/policy"), **_H)
+async def put_policy(request: Req, app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(update_policy, app_state, slot_name(app_state, service), await request.body())
 
 
-@put(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def put_policy(request: Req, app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(update_policy, app_state, await request.body())
-
-
-@delete(_paths("/configurations/policy"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], status_code=200)
-async def delete_policy(app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(_delete_policy, app_state)
-
-
-def _delete_policy(app_state: AppState) -> dict[str, Any]:
-    return reset_policy(app_state)
+@delete(_paths("/configurations/policy"), status_code=200, **_H)
+async def delete_policy(app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(reset_policy, app_state, slot_name(app_state, service))
 
 
 # -- model ---------------------------------------------------------------------------------
 
 
-@get(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def get_model(app_state: ProvidedAppState) -> Response[bytes]:
-    name = _slot(app_state).policy_name
+def _policy_name(state: AppState, service: str | None) -> str:
+    return _slot(state, slot_name(state, service)).policy_name
+
+
+@get(_paths("/model"), **_H)
+async def get_model(app_state: ProvidedAppState, service: Service = None) -> Response[bytes]:
+    name = _policy_name(app_state, service)
     _, model = await asyncio.to_thread(model_admin.export_model, app_state.engine, name)
     return Response(model, media_type="application/octet-stream")
 
 
-@put(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], request_max_body_size=model_admin.MAX_MODEL_BYTES, status_code=204)
-async def put_model(request: Req, app_state: ProvidedAppState) -> None:
-    name = _slot(app_state).policy_name
+@put(_paths("/model"), request_max_body_size=model_admin.MAX_MODEL_BYTES, status_code=204, **_H)
+async def put_model(request: Req, app_state: ProvidedAppState, service: Service = None) -> None:
+    name = _policy_name(app_state, service)
     await asyncio.to_thread(model_admin.import_model, app_state.engine, name, await request.body())
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-@delete(_paths("/model"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin], status_code=204)
-async def delete_model(app_state: ProvidedAppState) -> None:
-    name = _slot(app_state).policy_name
+@delete(_paths("/model"), status_code=204, **_H)
+async def delete_model(app_state: ProvidedAppState, service: Service = None) -> None:
+    name = _policy_name(app_state, service)
     await asyncio.to_thread(model_admin.reset_policy, app_state.engine, name)
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-@get(_paths("/model/properties"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def get_model_properties(app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(_get_model_properties, app_state)
-
-
-def _get_model_properties(app_state: AppState) -> dict[str, Any]:
-    snapshots = model_admin.list_snapshots(app_state.engine, _slot(app_state).policy_name)
+def model_properties(state: AppState, slot: str) -> dict[str, Any]:
+    snapshots = model_admin.list_snapshots(state.engine, _slot(state, slot).policy_name)
     if not snapshots:
         return {}
     return {"creationTime": snapshots[-1]["created_at"], "lastModifiedTime": snapshots[0]["created_at"]}
 
 
+@get(_paths("/model/properties"), **_H)
+async def get_model_properties(app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(model_properties, app_state, slot_name(app_state, service))
+
+
 # -- logs ----------------------------------------------------------------------------------
 
 
-@get(_paths("/logs/properties"), exception_handlers=EXCEPTION_HANDLERS, include_in_schema=False, guards=[require_admin])
-async def get_log_properties(app_state: ProvidedAppState) -> dict[str, Any]:
-    return await asyncio.to_thread(_get_log_properties, app_state)
-
-
-def _get_log_properties(app_state: AppState) -> dict[str, Any]:
-    slot = _slot(app_state)
-    with app_state.engine.connect() as connection:
+def log_properties(state: AppState, slot_: str) -> dict[str, Any]:
+    slot = _slot(state, slot_)
+    with state.engine.connect() as connection:
         first, last = connection.execute(
             select(func.min(Decision.created_at), func.max(Decision.created_at)).where(Decision.slot_id == slot.id)
         ).one()
@@ -282,10 +289,12 @@ def _get_log_properties(app_state: AppState) -> dict[str, Any]:
     return {"dateRange": {"from": first.isoformat(), "to": last.isoformat()}}
 
 
+@get(_paths("/logs/properties"), **_H)
+async def get_log_properties(app_state: ProvidedAppState, service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(log_properties, app_state, slot_name(app_state, service))
+
+
 # -- evaluations ---------------------------------------------------------------------------
-
-_H = {"exception_handlers": EXCEPTION_HANDLERS, "include_in_schema": False, "guards": [require_admin]}
-
 
 def _submit(request: Req) -> None:
     runner = getattr(request.app.state, "evaluation_runner", None)
@@ -294,37 +303,43 @@ def _submit(request: Req) -> None:
 
 
 @put(_paths("/evaluations/{evaluation_id:str}"), status_code=200, **_H)
-async def put_evaluation(request: Req, app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> None:
-    await asyncio.to_thread(evaluations.create_evaluation, app_state, evaluation_id, await request.body())
+async def put_evaluation(request: Req, app_state: ProvidedAppState, evaluation_id: FromPath[str],
+                         service: Service = None) -> None:
+    await asyncio.to_thread(evaluations.create_evaluation, app_state, slot_name(app_state, service), evaluation_id,
+                            await request.body())
     _submit(request)
 
 
 @get(_paths("/evaluations/{evaluation_id:str}"), **_H)
-async def get_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> dict[str, Any]:
-    return await asyncio.to_thread(evaluations.evaluation_dict, app_state, evaluation_id)
+async def get_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str],
+                         service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(evaluations.evaluation_dict, app_state, slot_name(app_state, service),
+                                   evaluation_id)
 
 
 @get(_paths("/evaluations"), **_H)
-async def get_evaluations(app_state: ProvidedAppState, top: FromQuery[int | None] = None,
+async def get_evaluations(app_state: ProvidedAppState, service: Service = None, top: FromQuery[int | None] = None,
                           skip: FromQuery[int] = 0) -> dict[str, Any]:
-    return await asyncio.to_thread(evaluations.list_evaluations, app_state, top, skip)
+    return await asyncio.to_thread(evaluations.list_evaluations, app_state, slot_name(app_state, service), top, skip)
 
 
 @delete(_paths("/evaluations/{evaluation_id:str}"), status_code=204, **_H)
-async def delete_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str]) -> None:
-    await asyncio.to_thread(evaluations.delete_evaluation, app_state, evaluation_id)
+async def delete_evaluation(app_state: ProvidedAppState, evaluation_id: FromPath[str],
+                            service: Service = None) -> None:
+    await asyncio.to_thread(evaluations.delete_evaluation, app_state, slot_name(app_state, service), evaluation_id)
 
 
 @post(_paths("/configurations/applyFromEvaluation"), status_code=204, **_H)
-async def post_apply(request: Req, app_state: ProvidedAppState) -> None:
-    await asyncio.to_thread(evaluations.apply_from_evaluation, app_state, await request.body())
+async def post_apply(request: Req, app_state: ProvidedAppState, service: Service = None) -> None:
+    await asyncio.to_thread(evaluations.apply_from_evaluation, app_state, slot_name(app_state, service),
+                            await request.body())
     await asyncio.to_thread(app_state.registry.refresh)
 
 
-def delete_logs(state: AppState) -> dict[str, int]:
+def delete_logs(state: AppState, slot_: str) -> dict[str, int]:
     """Delete the slot's decisions with their activations, rewards and learner ledger rows (the
     model stays, as in Personalizer); report copies are rebuilt from what is left."""
-    slot = _slot(state)
+    slot = _slot(state, slot_)
     events = select(Decision.event_id).where(Decision.slot_id == slot.id)
     with state.engine.begin() as connection:
         rewards = connection.execute(sqldelete(Reward).where(Reward.event_id.in_(events))).rowcount
@@ -338,11 +353,11 @@ def delete_logs(state: AppState) -> dict[str, int]:
 
 
 @delete(_paths("/logs"), status_code=204, **_H)
-async def delete_log(app_state: ProvidedAppState) -> None:
-    await asyncio.to_thread(delete_logs, app_state)
+async def delete_log(app_state: ProvidedAppState, service: Service = None) -> None:
+    await asyncio.to_thread(delete_logs, app_state, slot_name(app_state, service))
 
 
-ROUTES = [delete_log, put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply, rank, reward, activate, get_service_configuration, put_service_configuration, get_policy,
-                    put_policy, delete_policy, get_model, put_model, delete_model, get_model_properties,
-                    get_log_properties]
+ROUTES = [rank, reward, activate, get_service_configuration, put_service_configuration, get_policy, put_policy,
+          delete_policy, get_model, put_model, delete_model, get_model_properties, get_log_properties, delete_log,
+          put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply]
 """Every Personalizer route, each with its errors in Personalizer's shape."""

@@ -282,6 +282,34 @@ def test_an_evaluation_created_read_back_applied_and_deleted(live, clients) -> N
     assert caught.value.status_code == 404 and caught.value.error.code == "ResourceNotFound"
 
 
+def test_a_second_service_is_another_slot(live, clients) -> None:
+    server, admin_key, decide_key = live
+    r = httpx.put(f"{server.url}/v1/slots/news.hero", json={"reward_range": [-1, 1], "reward_window_s": 60},
+                  headers={"Authorization": f"Bearer {admin_key}"})
+    assert r.status_code == 201, r.text
+    endpoint = f"{server.url}/services/news.hero"
+    client = NewClient(endpoint, AzureKeyCredential(decide_key))
+    admin = PersonalizerAdministrationClient(endpoint, AzureKeyCredential(admin_key))
+    old = OldClient(endpoint, CognitiveServicesCredentials(decide_key))
+    clients += [client, admin, old]
+    event_id = client.rank({"actions": ACTIONS, "contextFeatures": CONTEXT})["eventId"]
+    client.reward(event_id, {"value": 1.0})
+    assert old.rank(RankRequest(actions=[RankableAction(id="a", features=[{"k": "v"}])])).reward_action_id == "a"
+    assert _event(server, admin_key, event_id)["policy_name"] == "news.hero"
+    assert admin.get_service_configuration()["rewardWaitTime"] == "PT1M"
+    default = PersonalizerAdministrationClient(server.url, AzureKeyCredential(admin_key))
+    clients.append(default)
+    assert default.get_service_configuration()["rewardWaitTime"] != "PT1M"
+    missing = PersonalizerAdministrationClient(f"{server.url}/services/nope", AzureKeyCredential(admin_key))
+    clients.append(missing)
+    for call in (missing.get_policy, lambda: missing.update_policy({"name": "x", "arguments": "--epsilon 0.1"})):
+        with pytest.raises(HttpResponseError) as caught:
+            call()
+        assert caught.value.status_code == 404 and caught.value.error.code == "ResourceNotFound"
+    slots = httpx.get(f"{server.url}/v1/slots", headers={"Authorization": f"Bearer {admin_key}"}).json()["slots"]
+    assert "nope" not in {slot["name"] for slot in slots}
+
+
 def test_the_flattening_of_nested_features() -> None:
     flat = mapping.flatten_features(
         [{"a": {"b": 1, "c": [1.5, {"d": "x"}], "tags": ["p", "q"], "none": None}}, {"e": True}], "contextFeatures"
