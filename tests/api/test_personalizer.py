@@ -45,9 +45,10 @@ CONTEXT = [{"user": {"tier": "gold", "visits": 4}}, {"device": {"kind": "phone"}
 
 
 @pytest.fixture
-def live(sqlite_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, str, str]]:
-    admin_key, decide_key = create_keys(sqlite_url)
-    server = LiveServer(sqlite_url, tmp_path, extra_env={"SLOTBANDIT_MODEL_POLL_INTERVAL_S": "0.2"}).start()
+def live(database_url: str, tmp_path: Path) -> Iterator[tuple[LiveServer, str, str]]:
+    """A live server on a SQLite file, and on PostgreSQL when the tests have one."""
+    admin_key, decide_key = create_keys(database_url)
+    server = LiveServer(database_url, tmp_path, extra_env={"SLOTBANDIT_MODEL_POLL_INTERVAL_S": "0.2"}).start()
     try:
         yield server, admin_key, decide_key
     finally:
@@ -190,7 +191,7 @@ def _learn(database_url: str) -> None:
         engine.dispose()
 
 
-def test_learning_changes_the_ranking_and_the_model_moves(live, clients, sqlite_url: str) -> None:
+def test_learning_changes_the_ranking_and_the_model_moves(live, clients) -> None:
     server, admin_key, decide_key = live
     client = NewClient(server.url, AzureKeyCredential(decide_key))
     clients.append(client)
@@ -210,7 +211,7 @@ def test_learning_changes_the_ranking_and_the_model_moves(live, clients, sqlite_
         return chosen / n
 
     before = share_of_sports(150, reward=True)
-    _learn(sqlite_url)
+    _learn(server.database_url)
     deadline = time.monotonic() + 10
     probability = 0.0
     while time.monotonic() < deadline:
