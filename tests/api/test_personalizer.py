@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from api.personalizer import mapping
@@ -309,6 +310,44 @@ def test_a_second_service_is_another_slot(live, clients) -> None:
         assert caught.value.status_code == 404 and caught.value.error.code == "ResourceNotFound"
     slots = httpx.get(f"{server.url}/v1/slots", headers={"Authorization": f"Bearer {admin_key}"}).json()["slots"]
     assert "nope" not in {slot["name"] for slot in slots}
+
+
+RANK = {"actions": [{"id": "a", "features": [{"k": "v"}]}, {"id": "b", "features": []}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "target"),
+    [
+        ("/rank", b"{not json", 400, "body"),
+        ("/rank", b"[]", 400, "body"),
+        ("/rank", {}, 400, "actions"),
+        ("/rank", {"actions": []}, 400, "actions"),
+        ("/rank", {"actions": [{"features": []}]}, 400, "actions[0].id"),
+        ("/rank", {"actions": [{"id": "a"}, {"id": "a"}]}, 400, "candidates.1.id"),
+        ("/rank", {**RANK, "contextFeatures": "user"}, 400, "contextFeatures"),
+        ("/rank", {**RANK, "contextFeatures": [1]}, 400, "contextFeatures[0]"),
+        ("/rank", {**RANK, "contextFeatures": [{f"f{i}": i for i in range(40)}]}, 400, "context.user"),
+        ("/rank", {**RANK, "excludedActions": "a"}, 400, "excludedActions"),
+        ("/rank", {**RANK, "excludedActions": ["a", "b"]}, 400, "exclude"),
+        ("/rank", {**RANK, "eventId": 5}, 400, "eventId"),
+        ("/rank", {**RANK, "eventId": "e" * 300}, 400, "event_id"),
+        ("/rank", {**RANK, "deferActivation": "yes"}, 400, "deferActivation"),
+        ("/rank", {"actions": [{"id": "a", "features": [{"x": {"y": {"z": {"w": {"v": {"u": {"t": {"s": {"r": {"q": 1}}}}}}}}}}]}]},
+         400, "actions[0].features[0]"),
+        ("/events/nope/reward", {"value": 1}, 404, "event_id"),
+        ("/events/nope/reward", {"value": "high"}, 400, "value"),
+        ("/events/nope/activate", {}, 404, "event_id"),
+    ],
+)
+def test_invalid_requests_get_personalizer_errors(service, path: str, body, status: int, target: str) -> None:
+    content = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    headers = {"Ocp-Apim-Subscription-Key": service.decide_key, "Content-Type": "application/json"}
+    for prefix in ("/personalizer/v1.0", "/personalizer"):
+        r = service.client.post(f"{prefix}{path}", content=content, headers=headers)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["code"] == {400: "BadRequest", 404: "ResourceNotFound"}[status]
+        assert error["target"] == target and error["message"]
 
 
 def test_the_flattening_of_nested_features() -> None:
