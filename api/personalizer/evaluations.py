@@ -1,4 +1,4 @@
-"""Personalizer's offline evaluations, backed by ours (``api.offline``).
+"""Personalizer's offline evaluations and feature importances, backed by our evaluations (``api.offline``).
 
 ``PUT /evaluations/{evaluationId}`` with ``{name, startTime, endTime, policies: [{name,
 arguments}], enablePolicyOptimization}`` becomes one of our evaluations of the Personalizer slot:
@@ -15,6 +15,11 @@ candidate), ``summary.expectedReward`` our estimate (doubly robust by default) w
 confidence interval, and ``timeseries`` our daily series. ``optimalPolicy`` is the candidate our
 paired test recommends, if any. Statuses: pending and running are ``Running``, done is
 ``Succeeded`` (``OptimalPolicyApplied`` once applied), failed is ``Failed``.
+
+A feature importance (``PUT /featureImportances/{id}``, ``{name, startTime, endTime}``) is one of
+our evaluations too, kept apart by ``"kind": "featureImportance"``: the slot's current VW settings
+as its one candidate, with ``feature_importance`` on; ``featureScores`` are the value lost
+without each context group (``namespace`` the group, ``featureName`` empty).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from api.errors import ApiError
 from api.personalizer import mapping
 from api.state import AppState
 
-__all__ = ["apply_from_evaluation", "create_evaluation", "delete_evaluation", "evaluation_dict", "list_evaluations"]
+__all__ = ["apply_from_evaluation", "create_evaluation", "create_feature_importance", "delete_evaluation",
+           "evaluation_dict", "feature_importance_dict", "list_evaluations", "list_feature_importances"]
 
 _SOURCES = {"online": "Online", "logging": "Online", "baseline": "Baseline", "uniform": "Random", "candidate": "Custom"}
 _STATUSES = {"pending": "Running", "running": "Running", "done": "Succeeded", "failed": "Failed"}
@@ -40,13 +46,17 @@ _INVALID = re.compile(r"[^A-Za-z0-9._:-]")
 MAX_ID_LENGTH = 256
 
 
-def _rows(state: AppState, slot: str) -> list[dict[str, Any]]:
+def _kind(row: Mapping[str, Any]) -> str:
+    return str(((row["request"] or {}).get("personalizer") or {}).get("kind", "evaluation"))
+
+
+def _rows(state: AppState, slot: str, kind: str = "evaluation") -> list[dict[str, Any]]:
     with state.engine.connect() as connection:
         rows = connection.execute(
             select(StoredEvaluation.__table__).where(StoredEvaluation.slot_name == slot)
             .order_by(StoredEvaluation.id.desc())
         ).mappings().all()
-    return [dict(row) for row in rows]
+    return [item for item in (dict(row) for row in rows) if _kind(item) == kind]
 
 
 def _public_id(row: Mapping[str, Any]) -> str:
@@ -54,18 +64,20 @@ def _public_id(row: Mapping[str, Any]) -> str:
     return str(meta.get("id") or row["id"])
 
 
-def _find(state: AppState, slot: str, evaluation_id: str) -> dict[str, Any] | None:
-    for row in _rows(state, slot):
+def _find(state: AppState, slot: str, evaluation_id: str, kind: str = "evaluation") -> dict[str, Any] | None:
+    for row in _rows(state, slot, kind):
         if _public_id(row) == evaluation_id:
             return row
     return None
 
 
-def _row(state: AppState, slot: str, evaluation_id: str) -> dict[str, Any]:
+def _row(state: AppState, slot: str, evaluation_id: str, kind: str = "evaluation") -> dict[str, Any]:
     state.decider.slot(slot)  # a 404 for a service that does not exist
-    row = _find(state, slot, evaluation_id)
+    row = _find(state, slot, evaluation_id, kind)
     if row is None:
-        raise ApiError(404, "unknown_evaluation", f"no evaluation '{evaluation_id}'", "evaluationId")
+        what, field = ("evaluation", "evaluationId") if kind == "evaluation" else ("feature importance",
+                                                                                "featureImportanceId")
+        raise ApiError(404, f"unknown_{kind}", f"no {what} '{evaluation_id}'", field)
     return row
 
 
@@ -210,8 +222,8 @@ def list_evaluations(state: AppState, slot: str, top: int | None, skip: int) -> 
     return {"value": [_summary(row) for row in rows]}
 
 
-def delete_evaluation(state: AppState, slot: str, evaluation_id: str) -> None:
-    row = _row(state, slot, evaluation_id)
+def delete_evaluation(state: AppState, slot: str, evaluation_id: str, kind: str = "evaluation") -> None:
+    row = _row(state, slot, evaluation_id, kind)
     with state.engine.begin() as connection:
         connection.execute(delete(StoredEvaluation).where(StoredEvaluation.id == row["id"]))
 
@@ -235,3 +247,59 @@ def apply_from_evaluation(state: AppState, slot: str, body: bytes) -> None:
         raise ApiError(400, "unknown_candidate", f"'{wanted}' is not a policy of evaluation '{evaluation_id}'",
                        "policyName")
     offline.apply_candidate(state.engine, row["id"], key, force=True)
+
+
+# -- feature importances: an evaluation of the current learning settings with importance on --------
+
+
+def create_feature_importance(state: AppState, slot: str, importance_id: str, body: bytes) -> None:
+    """``{name, startTime, endTime}``: our evaluation of the slot's current VW settings as the one
+    candidate, with ``feature_importance`` (the value lost without each context group)."""
+    if not 1 <= len(importance_id) <= MAX_ID_LENGTH:
+        raise ApiError(400, "invalid_request", f"ids are 1..{MAX_ID_LENGTH} characters", "featureImportanceId")
+    payload = _object(body)
+    state.decider.slot(slot)
+    if _find(state, slot, importance_id, "featureImportance") is not None:
+        raise ApiError(409, "feature_importance_exists", f"feature importance '{importance_id}' exists",
+                       "featureImportanceId")
+    current = policy_arguments_of(state, slot)
+    if not current:
+        raise ApiError(400, "invalid_request", "feature importance needs a vw policy on the slot", "policy")
+    ours: dict[str, Any] = {"slot": slot, "candidates": {"current": mapping.parse_policy_arguments(current)},
+                            "feature_importance": True}
+    for theirs, field in (("startTime", "since"), ("endTime", "until")):
+        if payload.get(theirs) is not None:
+            ours[field] = str(payload[theirs])
+    our_id = offline.create_evaluation(state.engine, msgspec.json.encode(ours))
+    meta = {"kind": "featureImportance", "id": importance_id, "name": payload.get("name") or importance_id}
+    with state.engine.begin() as connection:
+        request = connection.execute(select(StoredEvaluation.request).where(StoredEvaluation.id == our_id)).scalar_one()
+        connection.execute(update(StoredEvaluation).where(StoredEvaluation.id == our_id)
+                           .values(request={**request, "personalizer": meta}))
+
+
+def _importance_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    data = _summary(row)
+    data.pop("evaluationType")
+    data["status"] = _STATUSES.get(row["status"], "Running")
+    if row["error"]:
+        data["description"] = row["error"]
+    importance = (row["result"] or {}).get("feature_importance") or {}
+    scores = importance.get("importance") or {}
+    data["featureScores"] = [
+        {"namespace": key.split(".", 1)[0], "featureName": key.split(".", 1)[1] if "." in key else "", "score": score}
+        for key, score in sorted(scores.items(), key=lambda item: -(item[1] or 0.0))
+    ]
+    return data
+
+
+def feature_importance_dict(state: AppState, slot: str, importance_id: str) -> dict[str, Any]:
+    return _importance_dict(_row(state, slot, importance_id, "featureImportance"))
+
+
+def list_feature_importances(state: AppState, slot: str, top: int | None, skip: int) -> dict[str, Any]:
+    state.decider.slot(slot)
+    rows = _rows(state, slot, "featureImportance")[max(0, skip):]
+    if top is not None:
+        rows = rows[:max(0, top)]
+    return {"value": [_importance_dict(row) for row in rows]}

@@ -336,6 +336,35 @@ async def post_apply(request: Req, app_state: ProvidedAppState, service: Service
     await asyncio.to_thread(app_state.registry.refresh)
 
 
+@put(_paths("/featureImportances/{importance_id:str}"), status_code=200, **_H)
+async def put_feature_importance(request: Req, app_state: ProvidedAppState, importance_id: FromPath[str],
+                                 service: Service = None) -> None:
+    await asyncio.to_thread(evaluations.create_feature_importance, app_state, slot_name(app_state, service),
+                            importance_id, await request.body())
+    _submit(request)
+
+
+@get(_paths("/featureImportances/{importance_id:str}"), **_H)
+async def get_feature_importance(app_state: ProvidedAppState, importance_id: FromPath[str],
+                                 service: Service = None) -> dict[str, Any]:
+    return await asyncio.to_thread(evaluations.feature_importance_dict, app_state, slot_name(app_state, service),
+                                   importance_id)
+
+
+@get(_paths("/featureImportances"), **_H)
+async def get_feature_importances(app_state: ProvidedAppState, service: Service = None,
+                                  top: FromQuery[int | None] = None, skip: FromQuery[int] = 0) -> dict[str, Any]:
+    return await asyncio.to_thread(evaluations.list_feature_importances, app_state, slot_name(app_state, service),
+                                   top, skip)
+
+
+@delete(_paths("/featureImportances/{importance_id:str}"), status_code=204, **_H)
+async def delete_feature_importance(app_state: ProvidedAppState, importance_id: FromPath[str],
+                                    service: Service = None) -> None:
+    await asyncio.to_thread(evaluations.delete_evaluation, app_state, slot_name(app_state, service), importance_id,
+                            "featureImportance")
+
+
 def delete_logs(state: AppState, slot_: str) -> dict[str, int]:
     """Delete the slot's decisions with their activations, rewards and learner ledger rows (the
     model stays, as in Personalizer); report copies are rebuilt from what is left."""
@@ -359,5 +388,6 @@ async def delete_log(app_state: ProvidedAppState, service: Service = None) -> No
 
 ROUTES = [rank, reward, activate, get_service_configuration, put_service_configuration, get_policy, put_policy,
           delete_policy, get_model, put_model, delete_model, get_model_properties, get_log_properties, delete_log,
-          put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply]
+          put_evaluation, get_evaluation, get_evaluations, delete_evaluation, post_apply, put_feature_importance,
+          get_feature_importance, get_feature_importances, delete_feature_importance]
 """Every Personalizer route, each with its errors in Personalizer's shape."""

@@ -278,6 +278,16 @@ def test_an_evaluation_created_read_back_applied_and_deleted(live, clients) -> N
     admin.apply_from_evaluation({"evaluationId": "eval-1", "policyName": "epsilon 20%"})
     assert "--epsilon 0.2" in admin.get_policy()["arguments"]
     assert admin.get_evaluation("eval-1", start_time=now, end_time=now)["status"] == "OptimalPolicyApplied"
+    admin.create_feature_importance("fi-1", {"name": "what matters", **window})
+    deadline = time.monotonic() + 120
+    while (importance := admin.get_feature_importance("fi-1"))["status"] == "Running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert importance["status"] == "Succeeded", importance
+    assert {s["namespace"] for s in importance["featureScores"]} == {"time", "device", "location", "user"}
+    assert [f["id"] for f in admin.list_feature_importances()] == ["fi-1"]
+    assert [e["id"] for e in admin.list_evaluations()] == ["eval-1"]  # each kind lists its own
+    admin.delete_feature_importance("fi-1")
+    assert list(admin.list_feature_importances()) == []
     admin.delete_evaluation("eval-1")
     with pytest.raises(HttpResponseError) as caught:
         admin.get_evaluation("eval-1", start_time=now, end_time=now)
