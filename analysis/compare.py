@@ -30,12 +30,14 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
 from analysis.estimators import (
+    Estimator,
     EstimatorError,
     EventData,
     RewardModel,
+    _as_data,
     _check_reward_range,
     _check_target,
-    make_estimator,
+    resolve_estimator,
 )
 from analysis.intervals import check_level
 from analysis.log import BanditLog
@@ -111,31 +113,40 @@ def compare(
     baseline: np.ndarray,
     *,
     baseline_name: str = "baseline",
-    method: str = "dr",
+    method: str | Estimator = "dr",
     level: float = 0.95,
     test: Literal["t", "z"] = "t",
     reward_model: RewardModel | None = None,
     features: np.ndarray | None = None,
+    q_hat: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
     seed: int = 0,
     reward_range: tuple[float, float] = (0.0, 1.0),
-    n_folds: int = 5,
-    switch_tau: float = 20.0,
+    n_folds: int | None = None,
+    switch_tau: float | None = None,
 ) -> tuple[Comparison, ...]:
     """Each candidate target pmf (name -> (n, A)) minus ``baseline`` on the same
-    events, with Holm-adjusted p-values across the candidates."""
+    events, with Holm-adjusted p-values across the candidates.
+
+    ``method`` is a name with the keyword knobs or an estimator object carrying them
+    (``DoublyRobust(reward_model=..., n_folds=5)``, ``DRos(shrinkage=10.0)``...; see
+    :func:`analysis.estimators.estimate`); ``q_hat`` a fixed external reward model's
+    (n, A) predictions, the same for every policy (the differences are then conditional
+    on that model); ``embedding`` the (n, A) action-embedding codes :class:`MIPS` reads."""
     level = check_level(level)
     if not candidates:
         raise EstimatorError("no candidates to compare", field="candidates")
-    data = log if isinstance(log, EventData) else EventData.from_log(log, features)
+    data = _as_data(log, features, q_hat, embedding)
     rr = _check_reward_range(reward_range)
-    estimator = make_estimator(method, reward_model, n_folds, switch_tau)
+    estimator = resolve_estimator(method, reward_model, n_folds, switch_tau)
+    name = estimator.name
     base = estimator.contributions(data, _check_target(data, baseline), rr, seed).values
     return holm_adjusted([
         paired_difference(
             estimator.contributions(data, _check_target(data, pmf), rr, seed).values,
-            base, level, test, candidate_name=name, baseline_name=baseline_name, method=method,
+            base, level, test, candidate_name=candidate, baseline_name=baseline_name, method=name,
         )
-        for name, pmf in candidates.items()
+        for candidate, pmf in candidates.items()
     ], level)
 
 

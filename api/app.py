@@ -61,6 +61,7 @@ from api.hot_path import (
 from api.log_writer import LogWriter
 from api.metrics import Metrics
 from api.periodic import Periodic
+from api.personalizer import FEATURE as PERSONALIZER
 from api.registry import Registry
 from api.settings import ServiceSettings, load_secret
 from api.state import DEPENDENCIES, AppState
@@ -338,6 +339,7 @@ FEATURES: tuple[Feature, ...] = (
     reports.FEATURE,
     Feature("dashboard", routes=dashboard.ROUTES),
     keys.FEATURE,
+    PERSONALIZER,
 )
 
 

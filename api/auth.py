@@ -207,12 +207,13 @@ class KeyStore:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``, or the admin cookie
-    (the Cookie header is parsed only when neither header is there)."""
+    """The API key a request presents: ``Authorization: Bearer``, ``X-API-Key``,
+    ``Ocp-Apim-Subscription-Key`` (Azure Personalizer's clients), or the admin cookie (the Cookie
+    header is parsed only when no key header is there)."""
     header = headers.get("authorization")
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
-    key = headers.get("x-api-key")
+    key = headers.get("x-api-key") or headers.get("ocp-apim-subscription-key")
     if key:
         return key.strip()
     return session_cookie(headers)
@@ -237,7 +238,8 @@ def check_same_origin(method: str, headers: Mapping[str, str]) -> None:
     cookie alone: a page on another port of the same host (same site, so the SameSite cookie
     goes along) can then neither submit a form nor send a "simple" text/plain request.
     Requests with a key header cannot be forged by a page and are not checked."""
-    if method not in _STATE_CHANGING or headers.get("authorization") or headers.get("x-api-key"):
+    if method not in _STATE_CHANGING or headers.get("authorization") or headers.get("x-api-key") \
+            or headers.get("ocp-apim-subscription-key"):
         return
     site = headers.get("sec-fetch-site")
     origin = headers.get("origin")

@@ -79,6 +79,9 @@ class ServiceSettings:
     """Upgrade the database schema when the server starts."""
     demo: bool = False
     """Serve the demo page with a demo decide key."""
+    personalizer_slot: str = "personalizer"
+    """The slot that the Azure Personalizer surface (``/personalizer/...``) serves: one Personalizer
+    "service" is one slot, created with the default settings at start-up when missing."""
 
     def __post_init__(self) -> None:
         if not self.database_url:

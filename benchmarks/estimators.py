@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/estimators.py                 # timings (table, then the two summary lines)
     .venv/bin/python benchmarks/estimators.py --n 200000      # smaller log
     .venv/bin/python benchmarks/estimators.py --coverage      # coverage, 1000 reps per regime
+    .venv/bin/python benchmarks/estimators.py --robust        # DRos, SNDR, q_hat, sub-Gaussian, SLOPE, MIPS
+    .venv/bin/python benchmarks/estimators.py --peeking       # A/A: daily looks, fixed-n rule vs confidence sequences
 
 The synthetic log: 20 actions, two numeric context features, softmax logging
 (weights up to ~10), a softmax target, Bernoulli rewards.
@@ -114,17 +116,70 @@ def coverage(reps: int) -> None:
         print(f"  ({time.perf_counter() - t:.1f} s)")
 
 
+def robust(reps: int) -> None:
+    """The CI-sized simulations of tests/analysis/test_robust_estimators.py and test_mips.py, larger."""
+    from tests.analysis import test_mips
+    from tests.analysis.test_coverage import SCENARIOS
+    from tests.analysis.test_robust_estimators import ROBUST_CELLS, SELECTION_CELLS, run
+
+    print(f"coverage of 95% intervals / mean bias / mean width, {reps} seeded repetitions "
+          f"(sd {100 * (0.95 * 0.05 / reps) ** 0.5:.1f}pp)")
+    cells = {"softmax": {**ROBUST_CELLS["softmax"], **SELECTION_CELLS}, "poor_overlap": ROBUST_CELLS["poor_overlap"]}
+    for name, regime in cells.items():
+        t = time.perf_counter()
+        result = run(SCENARIOS[name], regime, reps, seed0=100_000)
+        for label, (cover, bias, width) in result.items():
+            print(f"{name:<14} {label:<22} {cover:8.3f} {bias:8.4f} {width:7.3f}")
+        print(f"  ({time.perf_counter() - t:.1f} s)")
+    for direct in (0.0, 0.1):
+        for label, (cover, bias, width) in test_mips.coverage(direct, reps).items():
+            print(f"{'mips-world':<14} {label + f' direct={direct}':<22} {cover:8.3f} {bias:8.4f} {width:7.3f}")
+
+
+def peeking(reps: int, n: int = 2000, every: int = 100) -> None:
+    """A/A (every policy worth 0.3): false recommendations over n / every looks."""
+    from analysis.intervals import normal_interval
+    from analysis.sequences import confidence_sequence
+    from tests.analysis.test_sequences import _aa_log
+
+    k = 4
+    looks = np.arange(every, n + 1, every)
+    candidate = np.zeros((n, k))
+    candidate[:, 1] = 1.0
+    online = np.full((n, k), 1 / k)
+    naive = sequential = missed = 0
+    t = time.perf_counter()
+    for rep in range(reps):
+        data = _aa_log(100_000 + rep, n, k)
+        d = (data.chosen == 1) * k * data.reward - data.reward
+        naive += any(normal_interval(d[:s], 0.95).low > 0 for s in looks)
+        cs_c = confidence_sequence(data, candidate, grid=500)
+        cs_o = confidence_sequence(data, online, grid=500)
+        sequential += bool((cs_c.lower[looks - 1] > cs_o.upper[looks - 1]).any())
+        missed += bool(((cs_c.lower > 0.3) | (cs_c.upper < 0.3)).any())
+    print(f"A/A, {reps} runs of {n} events, {looks.size} looks ({time.perf_counter() - t:.1f} s)")
+    print(f"  fixed-n paired interval, lower bound > 0 at some look: {naive / reps:.3f} (nominal one-sided 0.025)")
+    print(f"  confidence sequences, candidate lower > online upper:   {sequential / reps:.3f} (guaranteed <= 0.05)")
+    print(f"  candidate's sequence misses 0.3 at some t:              {missed / reps:.3f} (guaranteed <= 0.05)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--refit-resamples", type=int, default=10)
     parser.add_argument("--coverage", action="store_true")
+    parser.add_argument("--robust", action="store_true")
+    parser.add_argument("--peeking", action="store_true")
     parser.add_argument("--reps", type=int, default=1000)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # flags are printed in the table
     if args.coverage:
         coverage(args.reps)
+    elif args.robust:
+        robust(args.reps)
+    elif args.peeking:
+        peeking(args.reps)
     else:
         timings(args.n, args.resamples, args.refit_resamples)
 
