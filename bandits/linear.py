@@ -135,14 +135,11 @@ IntArray = npt.NDArray[np.int64]
 LinearExploration = Literal["squarecb", "thompson"]
 
 MAGIC = b"SBLINEAR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = len(MAGIC) + 2 + 32
 _MAX_VALUE = 1e12  # the bound bandits.features.validate_features puts on numbers
 _GROW = 8  # the context dimension grows in steps of this many coordinates
-# Fixed odd multipliers of a multiply-xor hash of (block token, context coordinate) -> bucket.
-_H1 = np.uint64(0x9E3779B97F4A7C15)
-_H2 = np.uint64(0xC2B2AE3D27D4EB4F)
-_SHIFT = np.uint64(29)
+_REFRESH_EVERY = 8192  # learned examples between exact re-solves of the shared part (rounding of the downdates)
 
 
 def _field(name: str) -> str:
@@ -177,6 +174,8 @@ class LinearConfig:
     """Prior precision lambda of every weight (ridge penalty); keeps every system positive definite."""
     prior_reward: float = 0.0
     """Reward predicted with no data (the prior mean): the model regresses y - prior_reward."""
+    ucb_alpha: float = 0.0
+    """SquareCB over optimistic means m_a + ucb_alpha * sqrt(x' A_a^-1 x) (0: over the posterior means)."""
     noise: float = 0.1
     """Thompson: reward noise variance sigma^2; posterior covariance sigma^2 A^-1, prior N(0, sigma^2 / ridge)."""
     thompson_draws: int = 64
@@ -204,6 +203,7 @@ class LinearConfig:
         _check_number("floor", self.floor, 0.0, 1.0)
         _check_number("ridge", self.ridge, 1e-6, 1e6)
         _check_number("prior_reward", self.prior_reward, 0.0, 1.0)
+        _check_number("ucb_alpha", self.ucb_alpha, 0.0, 100.0)
         _check_number("noise", self.noise, 1e-8, 1e4)
         _check_int("thompson_draws", self.thompson_draws, 1, 100_000)
         if self.half_life is not None:
@@ -237,6 +237,19 @@ class LinearConfig:
         ``save`` and a load; these may not."""
         shaping = {k: getattr(self, k) for k in ("half_life", "max_features", "shared", "shared_dim", "max_blocks")}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).digest()
+
+
+def _spd_root(matrix: Array) -> Array:
+    """R with R' R = matrix (symmetric positive semi-definite): the transposed Cholesky factor, or a
+    clipped eigendecomposition when rounding has made the matrix numerically indefinite."""
+    sym = 0.5 * (matrix + matrix.T)
+    try:
+        root: Array = np.asarray(np.linalg.cholesky(sym).T, dtype=np.float64)
+        return root
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(sym)
+        scaled: Array = (vectors * np.sqrt(np.maximum(values, 0.0))).T
+        return scaled
 
 
 def _spd_inverse(matrix: Array, ridge: float) -> tuple[Array, Array]:
@@ -320,17 +333,6 @@ def _block_tokens(features: Mapping[str, FeatureValue]) -> list[tuple[str, float
     return [_token("", name, features[name]) for name in sorted(features) if name != "id"]
 
 
-def _buckets(block_tokens: IntArray, coordinates: IntArray, k: int) -> IntArray:
-    """Hashed bucket of every (block token, context coordinate) pair: shape (len(bt), len(ct))."""
-    bt = (block_tokens.astype(np.uint64) + np.uint64(1)) * _H1
-    ct = (coordinates.astype(np.uint64) + np.uint64(1)) * _H2
-    mixed = bt[:, None] ^ ct[None, :]
-    mixed ^= mixed >> _SHIFT
-    mixed *= _H1
-    result: IntArray = ((mixed >> np.uint64(32)) % np.uint64(k)).astype(np.int64)
-    return result
-
-
 class LinearPolicy:
     """The ``linear`` chooser: same surface as ``VWPolicy`` (pmf, learn, save, close, lock).
 
@@ -347,6 +349,10 @@ class LinearPolicy:
         self._rows: dict[str, int] = {}  # block id -> row; row 0 is the never-learned block
         self._ids: list[str] = []
         self._cache: dict[tuple[str, int, int], tuple[IntArray, IntArray, IntArray, Array]] = {}
+        # the shared vocabulary: (block token, context coordinate) -> coordinate of z, first seen first
+        self._crosses: list[tuple[int, int]] = []
+        self.dropped_crosses = 0
+        """Crosses met in learning after the shared vocabulary was full (not learned)."""
         self.learned_examples = 0
         self._allocate(min(_GROW, config.max_features), 4)
         if model is not None:
@@ -365,14 +371,15 @@ class LinearPolicy:
         self._cov: Array = np.broadcast_to(np.eye(d) / lam, (rows, d, d)).copy()
         self._P: Array = np.zeros((rows, d))
         self._Q: Array = np.zeros((rows, d, k))
-        self._C: Array = np.zeros((rows, k, k))
-        self._c: Array = np.zeros((rows, k))
         self._theta: Array = np.zeros((rows, d))
+        self._theta_fresh = True  # theta_a = P_a - Q_a beta for every row (else computed where needed)
         self._Z: Array = np.zeros((k, k))
         self._zy: Array = np.zeros(k)
         self._beta: Array = np.zeros(k)
-        self._a0: Array = lam * np.eye(k)
-        self._beta_chol: Array | None = None  # L^-1 of A_0 (A_0^-1 = L^-T L^-1), made lazily
+        self._sigma: Array = np.eye(k) / lam  # A_0^-1, the marginal posterior covariance of beta (/ noise)
+        self._sigma_root: Array | None = None  # R with R' R = Sigma, made lazily for Thompson
+        self._cross_map: IntArray = np.full((_GROW if k else 0, d), -1, dtype=np.int64)
+        self._since_refresh = 0
 
     def _grow(self, d: int, rows: int) -> None:
         """Pad every array to context dimension ``d`` and ``rows`` rows (exact: new coordinates are inert)."""
@@ -399,9 +406,11 @@ class LinearPolicy:
         self._cov = cov
         self._P = pad(self._P, (rows, d))
         self._Q = pad(self._Q, (rows, d, k))
-        self._C = pad(self._C, (rows, k, k))
-        self._c = pad(self._c, (rows, k))
         self._theta = pad(self._theta, (rows, d))
+        if k:
+            cross = np.full((self._cross_map.shape[0], d), -1, dtype=np.int64)
+            cross[:, :old_d] = self._cross_map
+            self._cross_map = cross
         self._d = d
 
     # ------------------------------------------------------------------ features
@@ -453,26 +462,54 @@ class LinearPolicy:
             self._cache[key] = result
         return result
 
-    def _shared_matrix(
-        self, count: int, owner: IntArray, tokens: IntArray, tvalues: Array, coords: IntArray, cvalues: Array
-    ) -> Array:
-        """z of every candidate, shape (count, k): hashed (block token x context coordinate) values."""
-        buckets = _buckets(tokens, coords, self._k)
-        weights = tvalues[:, None] * cvalues[None, :]
-        flat = (owner[:, None] * self._k + buckets).ravel()
-        z = np.bincount(flat, weights=weights.ravel(), minlength=count * self._k)
-        return np.asarray(z, dtype=np.float64).reshape(count, self._k)
+    def _add_crosses(self, tokens: list[int], coords: IntArray) -> None:
+        """Give every new (block token, context coordinate) pair a shared coordinate while there is room."""
+        if max(tokens) >= self._cross_map.shape[0]:
+            rows = max(tokens) + _GROW
+            cross = np.full((rows, self._d), -1, dtype=np.int64)
+            cross[:self._cross_map.shape[0]] = self._cross_map
+            self._cross_map = cross
+        block = self._cross_map[np.ix_(np.array(tokens, dtype=np.int64), coords)]
+        if np.all(block >= 0):
+            return
+        for i, j in zip(*np.nonzero(block < 0), strict=True):
+            if len(self._crosses) >= self._k:
+                self.dropped_crosses += 1
+                continue
+            self._cross_map[tokens[i], coords[j]] = len(self._crosses)
+            self._crosses.append((tokens[i], int(coords[j])))
+
+    def _shared_sparse(
+        self, owner: IntArray, tokens: IntArray, tvalues: Array, coords: IntArray, cvalues: Array
+    ) -> tuple[IntArray, IntArray, Array]:
+        """Non-zero entries of z of every candidate: (candidate, shared coordinate, value)."""
+        index = self._cross_map[tokens[:, None], coords[None, :]]
+        keep = index >= 0
+        values = (tvalues[:, None] * cvalues[None, :])[keep]
+        rows = np.broadcast_to(owner[:, None], index.shape)[keep]
+        return rows, index[keep], values
+
+    def _shared_dense(self, count: int, sparse: tuple[IntArray, IntArray, Array]) -> Array:
+        rows, index, values = sparse
+        z = np.zeros((count, self._k))
+        np.add.at(z, (rows, index), values)
+        return z
+
+    def _shared_of(self, features: Mapping[str, FeatureValue], coords: IntArray, cvalues: Array) -> tuple[IntArray, Array]:
+        index, vals = self._block_vector(features, grow=False)
+        _, columns, values = self._shared_sparse(np.zeros(len(index), dtype=np.int64), np.array(index, dtype=np.int64),
+                                                 np.array(vals), coords, cvalues)
+        return columns, values
 
     def design(self, context: Features, candidate: Candidate) -> tuple[Array, Array]:
         """(z, x) of one candidate under the current vocabularies: the rows of the joint design."""
         coords, cvalues = self._context_vector(context, grow=False)
         x = np.zeros(self._d)
         x[coords] = cvalues
-        if not self._k:
-            return np.zeros(0), x
-        index, vals = self._block_vector(candidate.features, grow=False)
-        z = self._shared_matrix(1, np.zeros(len(index), dtype=np.int64), np.array(index, dtype=np.int64),
-                                np.array(vals), coords, cvalues)[0]
+        z = np.zeros(self._k)
+        if self._k:
+            columns, values = self._shared_of(candidate.features, coords, cvalues)
+            np.add.at(z, columns, values)
         return z, x
 
     # ------------------------------------------------------------------ prediction
@@ -483,15 +520,21 @@ class LinearPolicy:
 
     def _means(
         self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None
-    ) -> tuple[Array, IntArray, IntArray, Array, Array | None]:
+    ) -> tuple[Array, IntArray, IntArray, Array, tuple[IntArray, IntArray, Array] | None]:
         coords, cvalues = self._context_vector(context, grow=False)
         rows, owner, tokens, tvalues = self._candidates(candidates, catalog_key)
-        means: Array = self._theta[rows[:, None], coords[None, :]] @ cvalues + self.config.prior_reward
-        z = None
+        if self._theta_fresh:
+            means: Array = self._theta[rows[:, None], coords[None, :]] @ cvalues
+        else:  # x' theta_a = x' P_a - (Q_a' x)' beta, on the active coordinates only
+            means = self._P[rows[:, None], coords[None, :]] @ cvalues
+            means = means - (cvalues @ self._Q[rows[:, None], coords[None, :], :]) @ self._beta
+        means = means + self.config.prior_reward
+        sparse = None
         if self._k:
-            z = self._shared_matrix(len(candidates), owner, tokens, tvalues, coords, cvalues)
-            means = means + z @ self._beta
-        return means, rows, coords, cvalues, z
+            sparse = self._shared_sparse(owner, tokens, tvalues, coords, cvalues)
+            which, index, values = sparse
+            means = means + np.bincount(which, weights=values * self._beta[index], minlength=len(candidates))
+        return means, rows, coords, cvalues, sparse
 
     def scores(self, context: Features, candidates: Sequence[Candidate], catalog_key: str | None = None) -> list[float]:
         """Posterior mean reward (1 - cost) of every candidate: the greedy view, for replay."""
@@ -516,12 +559,20 @@ class LinearPolicy:
             return []
         if not self._trained:
             return [1.0 / count] * count
-        means, rows, coords, cvalues, z = self._means(context, candidates, catalog_key)
+        means, rows, coords, cvalues, sparse = self._means(context, candidates, catalog_key)
         if self.config.exploration == "squarecb":
+            if self.config.ucb_alpha > 0.0:
+                means = means + self.config.ucb_alpha * np.sqrt(self._block_variance(rows, coords, cvalues))
             p = self._squarecb(means)
         else:
-            p = self._thompson(context, candidates, means, rows, coords, cvalues, z, seed)
+            p = self._thompson(context, candidates, means, rows, coords, cvalues, sparse, seed)
         return self._shape(p, rows)
+
+    def _block_variance(self, rows: IntArray, coords: IntArray, cvalues: Array) -> Array:
+        """x' A_a^-1 x of every candidate (the posterior variance of x' theta_a given beta, / noise)."""
+        cov = self._cov[rows[:, None, None], coords[None, :, None], coords[None, None, :]]
+        variance: Array = np.maximum((cov @ cvalues) @ cvalues, 0.0)
+        return variance
 
     def _squarecb(self, means: Array) -> Array:
         # eq. (4) of Foster & Rakhlin 2020 with rewards: p_a = 1 / (K + gamma (m_best - m_a))
@@ -541,7 +592,7 @@ class LinearPolicy:
         rows: IntArray,
         coords: IntArray,
         cvalues: Array,
-        z: Array | None,
+        sparse: tuple[IntArray, IntArray, Array] | None,
         seed: int | None,
     ) -> Array:
         count, draws = len(means), self.config.thompson_draws
@@ -551,15 +602,14 @@ class LinearPolicy:
             seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
         rng = np.random.default_rng(seed)
         scale = math.sqrt(self.config.noise)
-        cov = self._cov[rows[:, None, None], coords[None, :, None], coords[None, None, :]]
-        variance = (cov @ cvalues) @ cvalues
-        sampled = means[None, :] + scale * np.sqrt(np.maximum(variance, 0.0))[None, :] * rng.standard_normal((draws, count))
-        if z is not None:
+        variance = self._block_variance(rows, coords, cvalues)
+        sampled = means[None, :] + scale * np.sqrt(variance)[None, :] * rng.standard_normal((draws, count))
+        if sparse is not None:
             # s_a(beta) = x' theta_a(beta_hat) + (z_a - Q_a' x)' (beta - beta_hat) + noise of theta_a | beta
-            g = z - np.einsum("i,kij->kj", cvalues, self._Q[rows[:, None], coords[None, :], :])
-            if self._beta_chol is None:
-                self._beta_chol = _spd_inverse(self._a0, self.config.ridge)[1]
-            delta = scale * rng.standard_normal((draws, self._k)) @ self._beta_chol  # rows ~ N(0, noise A_0^-1)
+            g = self._shared_dense(count, sparse) - np.einsum("i,kij->kj", cvalues, self._Q[rows[:, None], coords[None, :], :])
+            if self._sigma_root is None:
+                self._sigma_root = _spd_root(self._sigma)
+            delta = scale * rng.standard_normal((draws, self._k)) @ self._sigma_root  # rows ~ N(0, noise Sigma)
             sampled = sampled + delta @ g.T
         winners = np.argmax(sampled, axis=1)
         p: Array = np.bincount(winners, minlength=count).astype(np.float64) / draws
@@ -623,35 +673,42 @@ class LinearPolicy:
             self._rows[chosen.id] = row
             self._ids.append(chosen.id)
         coords, cvalues = self._context_vector(context, grow=True)
-        index, vals = self._block_vector(chosen.features, grow=True) if self._k else ([], [])
         needed = min(-(-len(self._ctx.tokens) // _GROW) * _GROW, max(self.config.max_features, 1))
         needed = max(needed, len(self._ctx.tokens))
         rows = self._A.shape[0] if row < self._A.shape[0] else max(2 * self._A.shape[0], row + 1)
         self._grow(needed, rows)
+        zi, zv = np.zeros(0, dtype=np.int64), np.zeros(0)
+        if self._k:
+            index, vals = self._block_vector(chosen.features, grow=True)
+            self._add_crosses(index, coords)
+            zi, zv = self._shared_of(chosen.features, coords, cvalues)
         y = 1.0 - cost - self.config.prior_reward
         if self.config.half_life is not None:
             keep = 0.5 ** (1.0 / self.config.half_life)
             used = len(self._ids) + 1
             for array in (self._A[:used], self._B[:used], self._b[:used], self._Z, self._zy):
                 array *= keep
-        z = np.zeros(0)
-        if self._k:
-            z = self._shared_matrix(1, np.zeros(len(index), dtype=np.int64), np.array(index, dtype=np.int64),
-                                    np.array(vals), coords, cvalues)[0]
-        u, den = np.zeros(0), 1.0
-        if self.config.half_life is None:
-            u = self._cov[row][:, coords] @ cvalues  # A_a^-1 x (before the update)
-            den = 1.0 + float(cvalues @ u[coords])
+        exact = self.config.half_life is None
+        if exact:
+            u = self._cov[row][:, coords] @ cvalues  # v = A_a^-1 x (before the update)
+            xv = float(cvalues @ u[coords])
+            if self._k:
+                self._shared_step(row, coords, cvalues, zi, zv, u, xv, y)
         self._A[row][np.ix_(coords, coords)] += np.outer(cvalues, cvalues)
         self._b[row, coords] += y * cvalues
         if self._k:
-            self._B[row][coords, :] += np.outer(cvalues, z)
-            self._Z += np.outer(z, z)
-            self._zy += y * z
+            self._B[row][np.ix_(coords, zi)] += np.outer(cvalues, zv)
+            self._Z[np.ix_(zi, zi)] += np.outer(zv, zv)
+            self._zy[zi] += y * zv
         self._n[row] += 1
-        if self.config.half_life is not None:
-            self._refresh_all()
-        elif not math.isfinite(den) or den > 1e6 or self._n[row] % 512 == 0:
+        self.learned_examples += 1
+        self._trained = True
+        self._since_refresh += 1
+        if not exact or (self._k and self._since_refresh >= _REFRESH_EVERY):
+            self._refresh_all()  # forgetting moves every block; or the periodic exact re-solve
+            return
+        den = 1.0 + xv
+        if not math.isfinite(den) or den > 1e6 or self._n[row] % 512 == 0:
             self._refresh_block(row)  # a dominant example or a periodic exact refactorisation
         else:
             # Sherman-Morrison: (A + x x')^-1 = A^-1 - u u' / (1 + x' u); recursive least squares
@@ -660,12 +717,34 @@ class LinearPolicy:
             self._cov[row] -= np.outer(u, gain)
             self._P[row] += gain * (y - float(self._P[row][coords] @ cvalues))
             if self._k:
-                self._Q[row] += np.outer(gain, z - cvalues @ self._Q[row][coords, :])
-                self._C[row] = self._B[row].T @ self._Q[row]
-                self._c[row] = self._B[row].T @ self._P[row]
-        self._solve_shared()
-        self.learned_examples += 1
-        self._trained = True
+                w = self._last_w
+                self._Q[row] += np.outer(gain, w)
+        if self._k:
+            self._theta_fresh = False
+        else:
+            self._theta[row] = self._P[row]
+        if not np.all(np.isfinite(self._P[row])) or not np.all(np.isfinite(self._beta)):
+            self._refresh_all()
+
+    def _shared_step(self, row: int, coords: IntArray, cvalues: Array, zi: IntArray, zv: Array,
+                     v: Array, xv: float, y: float) -> None:
+        """Rank-one update of the shared part's posterior for one example (before block ``row`` moves).
+
+        The joint precision M gains phi phi' with phi = (z, x in the block's slot); by
+        Sherman-Morrison its inverse loses (M^-1 phi)(M^-1 phi)' / (1 + phi' M^-1 phi). The beta
+        part of M^-1 phi is g = Sigma w with w = z - B_a' A_a^-1 x = z - Q_a' x, and
+        phi' M^-1 phi = x' A_a^-1 x + w' g, so Sigma <- Sigma - g g' / (1 + s) and the joint
+        recursive-least-squares step moves beta by g (y - prediction) / (1 + s)."""
+        qx = cvalues @ self._Q[row][coords, :]  # Q_a' x = B_a' A_a^-1 x
+        w = -qx
+        np.add.at(w, zi, zv)
+        g = self._sigma @ w
+        s = xv + float(w @ g)
+        prediction = float(self._P[row][coords] @ cvalues) - float(qx @ self._beta) + float(zv @ self._beta[zi])
+        self._beta += g * ((y - prediction) / (1.0 + s))
+        self._sigma -= np.outer(g, g / (1.0 + s))
+        self._sigma_root = None
+        self._last_w = w
 
     def _refresh_block(self, row: int) -> None:
         lam = self.config.ridge
@@ -674,10 +753,11 @@ class LinearPolicy:
         self._P[row] = cov @ self._b[row]
         if self._k:
             self._Q[row] = cov @ self._B[row]
-            self._C[row] = self._B[row].T @ self._Q[row]
-            self._c[row] = self._B[row].T @ self._P[row]
+        else:
+            self._theta[row] = self._P[row]
 
     def _refresh_all(self) -> None:
+        """Solve everything again from the statistics (Algorithm 2's block elimination)."""
         used = len(self._ids) + 1
         lam = self.config.ridge
         eye = np.eye(self._d)
@@ -691,37 +771,35 @@ class LinearPolicy:
             self._P[:used] = np.einsum("rij,rj->ri", cov, self._b[:used])
             if self._k:
                 self._Q[:used] = cov @ self._B[:used]
-                self._C[:used] = np.swapaxes(self._B[:used], 1, 2) @ self._Q[:used]
-                self._c[:used] = np.einsum("rij,ri->rj", self._B[:used], self._P[:used])
         except np.linalg.LinAlgError:
             for row in range(used):
                 self._refresh_block(row)
-
-    def _solve_shared(self) -> None:
-        used = len(self._ids) + 1
         if self._k:
-            lam = self.config.ridge
-            a0 = lam * np.eye(self._k) + self._Z - self._C[:used].sum(axis=0)
-            b0 = self._zy - self._c[:used].sum(axis=0)
-            try:
-                beta = np.linalg.solve(a0, b0)
-            except np.linalg.LinAlgError:
-                beta = _spd_inverse(a0, lam)[0] @ b0
-            if not np.all(np.isfinite(beta)):
-                beta = _spd_inverse(a0, lam)[0] @ b0
-            self._beta = beta
-            self._a0 = a0
-            self._beta_chol = None  # L^-1 of A_0, made by the first Thompson pmf that needs it
-            self._theta[:used] = self._P[:used] - self._Q[:used] @ self._beta
-        else:
-            self._theta[:used] = self._P[:used]
+            k = self._k
+            # A_0 = ridge I + Z - sum_a B_a' A_a^-1 B_a,  b_0 = zy - sum_a B_a' A_a^-1 b_a  (Schur complement)
+            stacked_b = self._B[:used].reshape(-1, k)
+            a0 = lam * np.eye(k) + self._Z - stacked_b.T @ self._Q[:used].reshape(-1, k)
+            b0 = self._zy - np.einsum("rij,ri->j", self._B[:used], self._P[:used])
+            self._sigma = _spd_inverse(a0, lam)[0]
+            self._beta = self._sigma @ b0
+            self._sigma_root = None
+        self._theta[:used] = self._P[:used] - (self._Q[:used] @ self._beta if self._k else 0.0)
+        self._theta_fresh = True
+        self._since_refresh = 0
         if not np.all(np.isfinite(self._theta[:used])):
             raise ModelError("the linear model's solution is not finite", field="model")
+
+    def _fresh_theta(self) -> None:
+        if not self._theta_fresh:
+            used = len(self._ids) + 1
+            self._theta[:used] = self._P[:used] - self._Q[:used] @ self._beta
+            self._theta_fresh = True
 
     # ------------------------------------------------------------------ inspection
 
     def posterior_mean(self) -> tuple[Array, dict[str, Array]]:
         """(beta, {block id: theta_a}): the current ridge solution, for checks and replay."""
+        self._fresh_theta()
         thetas = {block: self._theta[row].copy() for block, row in self._rows.items()}
         return self._beta.copy(), thetas
 
@@ -733,20 +811,29 @@ class LinearPolicy:
     # ------------------------------------------------------------------ snapshots
 
     def save(self) -> bytes:
-        """Magic, format version, config digest, then an ``np.savez`` of the statistics."""
+        """Magic, format version, config digest, then an ``np.savez`` of the statistics.
+
+        ``B`` and ``Z`` are stored by their non-zero entries (a block's crosses touch few columns)."""
         used = len(self._ids) + 1
         upper = np.triu_indices(self._d)
         vocabulary = {"context": self._ctx.tokens, "block": self._blk.tokens, "ids": self._ids,
-                      "learned_examples": self.learned_examples}
+                      "learned_examples": self.learned_examples, "crosses": self._crosses,
+                      "dropped_crosses": self.dropped_crosses}
+        b_flat = self._B[:used].ravel()
+        b_index = np.flatnonzero(b_flat)
+        z_flat = self._Z.ravel()
+        z_index = np.flatnonzero(z_flat)
         stream = io.BytesIO()
         np.savez(
             stream,
             vocabulary=np.frombuffer(json.dumps(vocabulary).encode(), dtype=np.uint8),
             A=self._A[:used][:, upper[0], upper[1]],
-            B=self._B[:used],
+            B_index=b_index,
+            B_value=b_flat[b_index],
             b=self._b[:used],
             n=self._n[:used],
-            Z=self._Z,
+            Z_index=z_index,
+            Z_value=z_flat[z_index],
             zy=self._zy,
         )
         header = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + self.config.digest()
@@ -760,27 +847,38 @@ class LinearPolicy:
             raise ModelError(f"linear model format {version} is not {FORMAT_VERSION}", field="model")
         if model[len(MAGIC) + 2:_HEADER] != self.config.digest():
             raise ModelError("the model was trained with another linear configuration", field="model")
+        k = self._k
         try:
             with np.load(io.BytesIO(model[_HEADER:]), allow_pickle=False) as data:
                 vocabulary = json.loads(data["vocabulary"].tobytes().decode())
-                arrays = {name: np.array(data[name]) for name in ("A", "B", "b", "n", "Z", "zy")}
+                arrays = {name: np.array(data[name])
+                          for name in ("A", "B_index", "B_value", "b", "n", "Z_index", "Z_value", "zy")}
             ids = [str(i) for i in vocabulary["ids"]]
             self._ctx = _Vocabulary(self.config.max_features, [str(t) for t in vocabulary["context"]])
             self._blk = _Vocabulary(self.config.max_features, [str(t) for t in vocabulary["block"]])
+            crosses = [(int(t), int(c)) for t, c in vocabulary["crosses"]]
+            if len(crosses) > k:
+                raise ModelError("the shared vocabulary is larger than shared_dim", field="model")
             used = len(ids) + 1
             d = arrays["b"].shape[1]
             self._allocate(d, max(used, 4))
             upper = np.triu_indices(d)
             self._A[:used, upper[0], upper[1]] = arrays["A"]
             self._A[:used] = self._A[:used] + np.triu(self._A[:used], 1).swapaxes(1, 2)
-            self._B[:used] = arrays["B"]
+            self._B[:used].reshape(-1)[arrays["B_index"]] = arrays["B_value"]
             self._b[:used] = arrays["b"]
             self._n[:used] = arrays["n"]
-            self._Z[...] = arrays["Z"]
+            self._Z.reshape(-1)[arrays["Z_index"]] = arrays["Z_value"]
             self._zy[...] = arrays["zy"]
             self._ids = ids
             self._rows = {block: i + 1 for i, block in enumerate(ids)}
             self.learned_examples = int(vocabulary["learned_examples"])
+            self.dropped_crosses = int(vocabulary["dropped_crosses"])
+            if k:
+                self._cross_map = np.full((len(self._blk.tokens) + _GROW, d), -1, dtype=np.int64)
+                for position, (token, coordinate) in enumerate(crosses):
+                    self._cross_map[token, coordinate] = position
+            self._crosses = crosses
         except ModelError:
             raise
         except Exception as error:  # a truncated or altered payload
@@ -788,8 +886,6 @@ class LinearPolicy:
         if not all(np.all(np.isfinite(a)) for a in arrays.values() if a.dtype.kind == "f"):
             raise ModelError("the linear model's statistics are not finite", field="model")
         self._refresh_all()
-        self._solve_shared()
 
     def close(self) -> None:
         self._cache.clear()
-

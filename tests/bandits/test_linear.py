@@ -71,12 +71,14 @@ def _batch_error(config: LinearConfig, n: int = 250) -> float:
     [
         LinearConfig(shared=False),
         LinearConfig(shared=True, shared_dim=16),
+        LinearConfig(shared=True, shared_dim=256),  # the vocabulary grows through the stream: rank-one downdates
+        LinearConfig(shared=True, shared_dim=256, ridge=0.05, ucb_alpha=0.3),
         LinearConfig(shared=True, shared_dim=16, ridge=0.05),
         LinearConfig(shared=True, shared_dim=16, half_life=40.0),
         LinearConfig(shared=False, half_life=25.0, ridge=0.3),
         LinearConfig(shared=True, shared_dim=8, prior_reward=1.0),
     ],
-    ids=["per-block", "hybrid", "hybrid-small-ridge", "hybrid-forgetting", "per-block-forgetting", "optimistic"],
+    ids=["per-block", "hybrid", "hybrid-growing", "hybrid-growing-small-ridge", "hybrid-small-ridge", "hybrid-forgetting", "per-block-forgetting", "optimistic"],
 )
 def test_online_posterior_mean_equals_batch_ridge(config: LinearConfig) -> None:
     assert _batch_error(config) < 1e-8
