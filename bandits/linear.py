@@ -14,42 +14,53 @@ linear models). The expected reward of block ``a`` in context ``x`` is
   (``name=value`` -> 1.0, numbers -> value; not its id, which the intercept of
   ``theta_a`` already is) plus a global bias, each crossed with every
   coordinate of ``x`` (intercept included, so the block features appear
-  uncrossed too), hashed into ``shared_dim`` buckets. A new block starts
-  from what blocks with the same features taught, and the global bias makes
-  its prior the average reward rather than zero.
+  uncrossed too). Every (block token, context coordinate) cross gets its own
+  coordinate of ``z`` the first time it is learned, until ``shared_dim``
+  coordinates are taken; crosses first met after that are dropped (counted in
+  ``dropped_crosses``), in learning and in prediction. No hashing, so no
+  collisions: blocks with the same category or format share exactly what they
+  taught, and a new block starts from what blocks with its features taught.
 * The reward learned is ``y = 1 - cost`` (the learner's cost in [0, 1]).
 
 Fit: one ridge regression of ``y`` on the joint design ``(z, x placed in the
 slot of the chosen block)`` with prior precision ``ridge`` on every weight,
-solved exactly after every example from accumulated sufficient statistics
-(Algorithm 2's block elimination; no SGD):
+solved exactly after every example (no SGD). In Li et al.'s block elimination:
 
     A_a = ridge I + sum_{t: a_t = a} w_t x_t x_t'      B_a = sum w_t x_t z_t'     b_a = sum w_t y_t x_t
     A_0 = ridge I + sum_t w_t z_t z_t' - sum_a B_a' A_a^-1 B_a                     (Schur complement)
     b_0 = sum_t w_t y_t z_t - sum_a B_a' A_a^-1 b_a
     beta = A_0^-1 b_0,   theta_a = A_a^-1 (b_a - B_a beta)
 
-with ``w_t = 1`` (or ``gamma ** age`` with forgetting). This is the exact
-joint ridge solution (tests compare it with ``numpy.linalg.lstsq`` on the
-stacked design to 1e-8). Per block the model caches ``A_a^-1`` (from a
-Cholesky factorisation; numpy has no triangular solve, and the Thompson pmf
-needs ``x' A_a^-1 x`` for every candidate without a solve per request),
-``P_a = A_a^-1 b_a``, ``Q_a = A_a^-1 B_a`` and ``theta_a = P_a - Q_a beta``.
-A learn step refactorises only the chosen block (O(d^3), d the context
-dimension) and the shared system (O(k^3)), then refreshes every
-``theta_a`` (O(blocks * d * k)); a pmf is a few gathers and dot products.
+with ``w_t = 1`` (or ``gamma ** age`` with forgetting). Tests compare it with
+``numpy.linalg.lstsq`` on the stacked design to 1e-8. Without forgetting an
+example costs rank-one updates only: the joint precision ``M`` gains
+``phi phi'`` (``phi`` = z and x in the chosen block's slot), so with
+``v = A_a^-1 x``, ``w = z - Q_a' x`` (``Q_a = A_a^-1 B_a``), ``g = Sigma w``
+and ``s = x' v + w' g``: ``Sigma = A_0^-1 <- Sigma - g g' / (1 + s)``
+(Sherman-Morrison on ``M^-1``, whose beta block is ``Sigma``),
+``beta <- beta + g (y - prediction) / (1 + s)`` (the joint recursive least
+squares step), and per block ``A_a^-1``, ``P_a = A_a^-1 b_a`` and ``Q_a``
+by Sherman-Morrison: O(d^2 + d k + k^2) per example. ``theta_a = P_a - Q_a beta``
+is cached for every block when a snapshot is loaded (the serving copy) and
+computed on the active coordinates otherwise. Every 8,192 examples, at a
+block's every 512th example and on a load, the model is solved again from the
+statistics (Cholesky factorisations; one ``(blocks d) x k`` product for
+``A_0``), so rounding in the downdates does not accumulate.
 
 Forgetting (``half_life``): every statistic is multiplied by
 ``gamma = 0.5 ** (1 / half_life)`` before each new example; the prior
 ``ridge I`` is added at solve time, so it is never forgotten. Because the
 prior does not decay with the data, every block's solution moves at every
-step: with forgetting, a learn step refactorises all blocks (batched,
-O(blocks * d^3)) instead of one.
+step: with forgetting, a learn step solves everything again from the
+statistics (batched, O(blocks d^3 + blocks d k^2 + k^3)) instead of the
+rank-one updates; affordable without the shared part or with a small
+``shared_dim``.
 
 Exploration, with an exact pmf (the logged propensity is the pmf entry):
 
 * ``squarecb`` (Foster & Rakhlin 2020, "Beyond UCB", eq. (4)): with posterior
-  means ``m``, ``best = argmax m`` (first on ties), ``K`` candidates and
+  means ``m`` (plus ``ucb_alpha * sqrt(x' A_a^-1 x)``, the per-block width,
+  when ``ucb_alpha`` > 0), ``best = argmax m`` (first on ties), ``K`` candidates and
   ``gamma_t = gamma_scale * t ** gamma_exponent`` (``t`` = examples learned + 1),
   ``p_a = 1 / (K + gamma_t (m_best - m_a))`` for ``a != best``, the best gets
   the rest.
@@ -58,9 +69,11 @@ Exploration, with an exact pmf (the logged propensity is the pmf entry):
   exact: ``beta ~ N(beta_hat, noise A_0^-1)`` (its marginal), then
   ``theta_a | beta ~ N(A_a^-1 (b_a - B_a beta), noise A_a^-1)``, so the
   prior on each weight is ``N(0, noise / ridge)``. The draws are seeded by the
-  caller's ``seed`` or, without one, by a hash of the context features and
-  candidate ids (the same request against the same model gives the same pmf);
-  the caller then samples the block from that pmf.
+  caller's ``seed`` or, without one, by a hash of the active context
+  coordinates and the candidates' rows (the same request against the same
+  model gives the same pmf); the caller then samples the block from that pmf,
+  so the logged propensity is the pmf entry, exactly. Candidates that win no
+  draw get probability 0 before the floor: keep a floor for offline evaluation.
 
 Then, in this order (``f = min(floor, 1 / K)``):
 
@@ -168,13 +181,13 @@ class LinearConfig:
     """SquareCB greediness: gamma_t = gamma_scale * t ** gamma_exponent, rewards in [0, 1]."""
     gamma_exponent: float = 0.5
     """How fast SquareCB's gamma grows with t = examples learned + 1."""
-    floor: float = 0.0
+    floor: float = 0.001
     """Minimum probability of every candidate (at most 1/K is used with K candidates)."""
     ridge: float = 3.0
     """Prior precision lambda of every weight (ridge penalty); keeps every system positive definite."""
     prior_reward: float = 0.0
     """Reward predicted with no data (the prior mean): the model regresses y - prior_reward."""
-    ucb_alpha: float = 0.0
+    ucb_alpha: float = 0.3
     """SquareCB over optimistic means m_a + ucb_alpha * sqrt(x' A_a^-1 x) (0: over the posterior means)."""
     noise: float = 0.1
     """Thompson: reward noise variance sigma^2; posterior covariance sigma^2 A^-1, prior N(0, sigma^2 / ridge)."""
@@ -596,11 +609,10 @@ class LinearPolicy:
         seed: int | None,
     ) -> Array:
         count, draws = len(means), self.config.thompson_draws
-        if seed is None:
-            text = json.dumps([sorted((k, sorted(v.items())) for k, v in context.items()), [c.id for c in candidates]],
-                              default=str)
-            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-        rng = np.random.default_rng(seed)
+        if seed is None:  # the same active context and candidate rows against the same model: the same draws
+            key = rows.tobytes() + coords.tobytes() + cvalues.tobytes()
+            seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+        rng = np.random.Generator(np.random.Philox(key=seed % 2**64))  # keyed directly: no SeedSequence per pmf
         scale = math.sqrt(self.config.noise)
         variance = self._block_variance(rows, coords, cvalues)
         sampled = means[None, :] + scale * np.sqrt(variance)[None, :] * rng.standard_normal((draws, count))

@@ -104,6 +104,36 @@ def run(config: LinearConfig, seed: int, n: int, refresh: int, drift: float = 0.
     return out
 
 
+def costs(config: LinearConfig, repeat: int = 2000) -> tuple[float, float, float]:
+    """(served pmf, learner pmf, learn) microseconds with timeit: 20 candidates (the world's 17 blocks and
+    three featureless ones), a model trained on 3,000 decisions of World(0), the served copy loaded from it."""
+    import timeit
+
+    data = stream(0, 3000 + repeat)
+    world = World(seed=0)
+    candidates = [b.to_candidate() for b in world.catalog]
+    candidates += [type(candidates[0])(f"extra-{i}", {}) for i in range(20 - len(candidates))]
+    learner = LinearPolicy(config)
+    for i in range(3000):
+        learner.learn(data.contexts[i], candidates, i % 20, float(i % 3 == 0), 0.05, "sim")
+    served = LinearPolicy(config, learner.save())
+    contexts = data.contexts[3000:3000 + repeat]
+    position = iter(range(repeat))
+    served_s = min(timeit.repeat(lambda: served.pmf(contexts[next(position) % repeat], candidates, "sim"),
+                                 number=repeat // 4, repeat=3)) / (repeat // 4)
+    position = iter(range(10**9))
+    learner_s = min(timeit.repeat(lambda: learner.pmf(contexts[next(position) % repeat], candidates, "sim"),
+                                  number=repeat // 4, repeat=3)) / (repeat // 4)
+    steps = iter(range(repeat))
+
+    def step() -> None:
+        i = next(steps)
+        learner.learn(contexts[i], candidates, i % 20, float(i % 3 == 0), 0.05, "sim")
+
+    learn_s = timeit.timeit(step, number=repeat) / repeat
+    return 1e6 * served_s, 1e6 * learner_s, 1e6 * learn_s
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -111,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", type=int, default=500, help="serve a snapshot copy replaced every N decisions")
     parser.add_argument("--drift", type=float, default=0.0)
     parser.add_argument("--config", action="append", default=None, help="LinearConfig fields as JSON (repeatable)")
+    parser.add_argument("--timeit", action="store_true", help="measure pmf and learn costs instead (20 candidates)")
     args = parser.parse_args(argv)
+    if args.timeit:
+        import os
+
+        for text in args.config or ["{}"]:
+            served, learner, learn = costs(LinearConfig.from_dict(json.loads(text)))
+            print(f"{text:60s} pmf (served copy) {served:.0f} us, pmf (learner) {learner:.0f} us, learn {learn:.0f} us;"
+                  f" load average {os.getloadavg()[0]:.1f}", flush=True)
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = args.config or ["{}"]
     for text in configs:

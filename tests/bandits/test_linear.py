@@ -134,11 +134,19 @@ def test_untrained_is_uniform_and_trained_after_one_example() -> None:
     assert max(range(5), key=pmf.__getitem__) == 1
 
 
-def test_squarecb_pmf_is_the_formula_over_the_posterior_means() -> None:
-    config = LinearConfig(gamma_scale=5.0, gamma_exponent=0.5)
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_squarecb_pmf_is_the_formula_over_the_posterior_means(alpha: float) -> None:
+    config = LinearConfig(gamma_scale=5.0, gamma_exponent=0.5, floor=0.0, ucb_alpha=alpha)
     policy = _trained(config)
     context = _stream(1, seed=9)[0][0]
     means = policy.scores(context, CANDIDATES)
+    if alpha:  # optimistic means: + alpha * sqrt(x' A_a^-1 x), A_a the block's ridge precision
+        _, thetas = policy.posterior_mean()
+        for position, candidate in enumerate(CANDIDATES):
+            _, x = policy.design(context, candidate)
+            row = policy._rows[candidate.id]
+            precision = config.ridge * np.eye(len(x)) + policy._A[row]
+            means[position] += alpha * math.sqrt(float(x @ np.linalg.solve(precision, x)))
     gamma = 5.0 * math.sqrt(policy.learned_examples + 1)
     best = max(range(5), key=means.__getitem__)
     expected = [1.0 / (5 + gamma * (means[best] - m)) for m in means]
@@ -215,7 +223,7 @@ def test_new_share_can_be_at_most_the_floors_of_many_new_blocks() -> None:
 
 def test_thompson_pmf_is_reproducible_and_made_of_draw_frequencies() -> None:
     draws = 50
-    policy = _trained(LinearConfig(exploration="thompson", thompson_draws=draws, noise=0.5))
+    policy = _trained(LinearConfig(exploration="thompson", thompson_draws=draws, noise=0.5, floor=0.0))
     context = _stream(1, seed=4)[0][0]
     first = policy.pmf(context, CANDIDATES, seed=7)
     assert policy.pmf(context, CANDIDATES, seed=7) == first
