@@ -386,3 +386,14 @@ def test_learning_beats_uniform_on_a_linear_world() -> None:
         results[name] = float(np.mean(regret[-1000:]))
     assert results["uniform"] > 0.1
     assert results["linear"] < 0.25 * results["uniform"]
+
+
+def test_the_shared_vocabulary_is_bounded_counts_what_it_drops_and_round_trips() -> None:
+    config = LinearConfig(shared=True, shared_dim=20)
+    policy = _trained(config, n=200)
+    assert len(policy._crosses) == 20 and policy.dropped_crosses > 0
+    assert len(set(policy._crosses)) == 20  # each (block token, context coordinate) cross once
+    restored = LinearPolicy(config, policy.save())
+    assert restored._crosses == policy._crosses and restored.dropped_crosses == policy.dropped_crosses
+    for context, _, _ in _stream(10, seed=3):
+        assert restored.pmf(context, CANDIDATES) == pytest.approx(policy.pmf(context, CANDIDATES), abs=1e-12)
