@@ -457,9 +457,11 @@ def test_catalog_changes(service, learner_for) -> None:
 
 @pytest.mark.parametrize(("kind", "n", "last", "min_gap", "beat_best_fixed"), [
     pytest.param("vw", 20_000, 5_000, 0.6, True, marks=pytest.mark.slow),  # the evidence (~30 s)
-    pytest.param("linear", 20_000, 5_000, 0.6, True, marks=pytest.mark.slow),
+    pytest.param("linear", 20_000, 5_000, 0.6, True, marks=pytest.mark.slow),  # measured 0.670 (docs/learning.md)
     ("vw", 6_000, 1_500, 0.4, True),  # CI-sized
-    ("linear", 6_000, 1_500, 0.3, False),
+    # the linear default's optimism (ucb_alpha 0.3, chosen on the bake-off) still costs at 6,000: measured 0.307,
+    # below the best fixed block; no explorer tried beat it here by 6,000 (docs/learning.md)
+    ("linear", 6_000, 1_500, 0.25, False),
 ])
 def test_model_policy_learns_the_simulated_world(sqlite_url, tmp_path, kind: str, n: int, last: int,
                                                  min_gap: float, beat_best_fixed: bool) -> None:

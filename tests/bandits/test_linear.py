@@ -71,12 +71,14 @@ def _batch_error(config: LinearConfig, n: int = 250) -> float:
     [
         LinearConfig(shared=False),
         LinearConfig(shared=True, shared_dim=16),
+        LinearConfig(shared=True, shared_dim=256),  # the vocabulary grows through the stream: rank-one downdates
+        LinearConfig(shared=True, shared_dim=256, ridge=0.05, ucb_alpha=0.3),
         LinearConfig(shared=True, shared_dim=16, ridge=0.05),
         LinearConfig(shared=True, shared_dim=16, half_life=40.0),
         LinearConfig(shared=False, half_life=25.0, ridge=0.3),
         LinearConfig(shared=True, shared_dim=8, prior_reward=1.0),
     ],
-    ids=["per-block", "hybrid", "hybrid-small-ridge", "hybrid-forgetting", "per-block-forgetting", "optimistic"],
+    ids=["per-block", "hybrid", "hybrid-growing", "hybrid-growing-small-ridge", "hybrid-small-ridge", "hybrid-forgetting", "per-block-forgetting", "optimistic"],
 )
 def test_online_posterior_mean_equals_batch_ridge(config: LinearConfig) -> None:
     assert _batch_error(config) < 1e-8
@@ -132,11 +134,19 @@ def test_untrained_is_uniform_and_trained_after_one_example() -> None:
     assert max(range(5), key=pmf.__getitem__) == 1
 
 
-def test_squarecb_pmf_is_the_formula_over_the_posterior_means() -> None:
-    config = LinearConfig(gamma_scale=5.0, gamma_exponent=0.5)
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_squarecb_pmf_is_the_formula_over_the_posterior_means(alpha: float) -> None:
+    config = LinearConfig(gamma_scale=5.0, gamma_exponent=0.5, floor=0.0, ucb_alpha=alpha)
     policy = _trained(config)
     context = _stream(1, seed=9)[0][0]
     means = policy.scores(context, CANDIDATES)
+    if alpha:  # optimistic means: + alpha * sqrt(x' A_a^-1 x), A_a the block's ridge precision
+        _, thetas = policy.posterior_mean()
+        for position, candidate in enumerate(CANDIDATES):
+            _, x = policy.design(context, candidate)
+            row = policy._rows[candidate.id]
+            precision = config.ridge * np.eye(len(x)) + policy._A[row]
+            means[position] += alpha * math.sqrt(float(x @ np.linalg.solve(precision, x)))
     gamma = 5.0 * math.sqrt(policy.learned_examples + 1)
     best = max(range(5), key=means.__getitem__)
     expected = [1.0 / (5 + gamma * (means[best] - m)) for m in means]
@@ -213,7 +223,7 @@ def test_new_share_can_be_at_most_the_floors_of_many_new_blocks() -> None:
 
 def test_thompson_pmf_is_reproducible_and_made_of_draw_frequencies() -> None:
     draws = 50
-    policy = _trained(LinearConfig(exploration="thompson", thompson_draws=draws, noise=0.5))
+    policy = _trained(LinearConfig(exploration="thompson", thompson_draws=draws, noise=0.5, floor=0.0))
     context = _stream(1, seed=4)[0][0]
     first = policy.pmf(context, CANDIDATES, seed=7)
     assert policy.pmf(context, CANDIDATES, seed=7) == first
@@ -376,3 +386,14 @@ def test_learning_beats_uniform_on_a_linear_world() -> None:
         results[name] = float(np.mean(regret[-1000:]))
     assert results["uniform"] > 0.1
     assert results["linear"] < 0.25 * results["uniform"]
+
+
+def test_the_shared_vocabulary_is_bounded_counts_what_it_drops_and_round_trips() -> None:
+    config = LinearConfig(shared=True, shared_dim=20)
+    policy = _trained(config, n=200)
+    assert len(policy._crosses) == 20 and policy.dropped_crosses > 0
+    assert len(set(policy._crosses)) == 20  # each (block token, context coordinate) cross once
+    restored = LinearPolicy(config, policy.save())
+    assert restored._crosses == policy._crosses and restored.dropped_crosses == policy.dropped_crosses
+    for context, _, _ in _stream(10, seed=3):
+        assert restored.pmf(context, CANDIDATES) == pytest.approx(policy.pmf(context, CANDIDATES), abs=1e-12)
