@@ -79,7 +79,8 @@ Then, in this order (``f = min(floor, 1 / K)``):
 
 1. floor: ``q = (1 - K f) p + f``, so every candidate has at least ``f``.
 2. new-block share: ``N`` = candidates whose block has fewer than
-   ``new_block_min_examples`` learned examples. If ``0 < |N| < K`` and
+   ``new_block_min_examples`` learned examples. If ``0 < |N| <= K / 2`` (newcomers
+   to a trained slot, not a slot learning from scratch) and
    ``sum_N q > S = max(new_block_share, |N| f)``, the mass above the floor is
    rescaled within each group so that ``N`` holds exactly ``S`` and the
    others ``1 - S`` (uniformly above their floors if they had none above it).
@@ -223,9 +224,16 @@ class LinearConfig:
     """Bound k on the shared vocabulary of (block token x context coordinate) crosses, first seen first."""
     max_blocks: int = 256
     """Blocks with their own parameters; examples of further blocks are not learned."""
-    new_block_share: float = 1.0
-    """Most mass that blocks with fewer than new_block_min_examples examples get together."""
-    new_block_min_examples: int = 0
+    new_block_share: float = 0.1
+    """Most mass that blocks with fewer than new_block_min_examples examples get together (1: no cap).
+
+    Evidence (``bandits.simulation`` World seeds 0-1, 4,000 decisions on 16 blocks, then a 17th
+    block added that is best in 0.5% of contexts; its mean probability over the next 100 / 1,000 /
+    last 1,000 of 4,000 decisions): without the cap 0.61 / 0.25 / 0.04 (the UCB width of an
+    unseen block is large, so it takes the slot over at first); with 0.1 and 100 examples
+    0.07 / 0.03 / 0.01. The default ``vw`` policy gave a block without features 0.59 / 0.33 / 0.31:
+    a missing feature looks good to it and it never recovers."""
+    new_block_min_examples: int = 100
     """Learned examples below which a block counts as new (0: no block is new)."""
 
     def __post_init__(self) -> None:
@@ -660,7 +668,9 @@ class LinearPolicy:
         if minimum > 0:
             new = self._n[rows] < minimum
             new_count = int(new.sum())
-            if 0 < new_count < count:
+            # Only newcomers to a trained slot are capped: while new blocks are at least half of the
+            # candidates (a slot learning from scratch) the explorer is left alone.
+            if 0 < new_count and 2 * new_count <= count:
                 share = max(self.config.new_block_share, new_count * floor)
                 mass = float(q[new].sum())
                 if mass > share:

@@ -11,7 +11,8 @@ import pytest
 
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.linear import MAGIC, LinearConfig, LinearPolicy
-from bandits.policies import Candidate
+from bandits.policies import Candidate, cost_from_reward
+from bandits.sampling import normalize_pmf, sample_index
 
 CANDIDATES = [Candidate(f"b{i}", {"cat": ["x", "y", "z"][i % 3], "len": i / 3}) for i in range(5)]
 
@@ -397,3 +398,35 @@ def test_the_shared_vocabulary_is_bounded_counts_what_it_drops_and_round_trips()
     assert restored._crosses == policy._crosses and restored.dropped_crosses == policy.dropped_crosses
     for context, _, _ in _stream(10, seed=3):
         assert restored.pmf(context, CANDIDATES) == pytest.approx(policy.pmf(context, CANDIDATES), abs=1e-12)
+
+
+def test_a_block_added_to_a_trained_slot_cannot_take_it_over_and_converges() -> None:
+    """The simulated world: 2,500 decisions on all blocks but one, then the last block joins (without its
+    features, as an inline candidate of a careless caller would). With the default new-block cap its
+    share stays within new_block_share from its first decision, and it converges towards its
+    true value: its share falls to about how often it is the best block."""
+    from bandits.simulation import World
+
+    world = World(seed=1)
+    blocks = list(world.catalog)
+    old, new = blocks[:-1], blocks[-1]
+    policy = LinearPolicy(LinearConfig())
+    rng = np.random.default_rng(1)
+    shares, best = [], []
+    for i, visitor in enumerate(world.visitors(6_000)):
+        offered = old if i < 2_500 else blocks
+        candidates = [Candidate(b.id, {} if b is new else b.features) for b in offered]
+        context = visitor.context()
+        pmf = normalize_pmf(policy.pmf(context, candidates))
+        index = sample_index(pmf, float(rng.random()))
+        p = world.expected_rewards(visitor, offered)
+        policy.learn(context, candidates, index, cost_from_reward(float(rng.random() < p[index]), 0, 1), pmf[index])
+        if i >= 2_500:
+            shares.append(pmf[-1])
+            best.append(float(np.argmax(p) == len(offered) - 1))
+    shares_arr, best_arr = np.array(shares), np.array(best)
+    cap = LinearConfig().new_block_share
+    assert shares_arr[:100].max() <= cap + 1e-9  # never more than the cap while it is new
+    assert shares_arr[:100].mean() > 0.02  # but it is explored
+    # learned: its share settles near how often it is truly the best block (the oracle's share)
+    assert abs(shares_arr[-1000:].mean() - best_arr[-1000:].mean()) < 0.1
