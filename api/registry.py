@@ -104,16 +104,19 @@ class Registry:
                 return slot
         return None
 
-    def read_through(self, name: str) -> SlotState | None:
-        """The slot ``name`` after a miss: one indexed read asks the database whether it exists
-        (another worker may have created it since the last poll); if so, reload what changed."""
+    def read_through(self, name: str, stale: SlotState | None = None) -> SlotState | None:
+        """The slot ``name`` after a miss (or when ``stale``, the copy held, cannot serve: its first
+        blocks may have just been added): one indexed read of its revision asks the database
+        whether another worker changed it since the last poll; if so, reload what changed."""
         slot = self.slots.get(name)
-        if slot is not None:
+        if slot is not None and slot is not stale:
             return slot
         with self._engine.connect() as connection:
-            if connection.execute(select(Slot.id).where(Slot.name == name)).first() is None:
-                return None
-        self.refresh()
+            revision = connection.execute(select(Slot.revision).where(Slot.name == name)).scalar_one_or_none()
+        if revision is None:
+            return None
+        if slot is None or slot.revision != revision:
+            self.refresh()
         return self.slots.get(name)
 
     def refresh(self) -> None:
