@@ -79,8 +79,9 @@ Then, in this order (``f = min(floor, 1 / K)``):
 
 1. floor: ``q = (1 - K f) p + f``, so every candidate has at least ``f``.
 2. new-block share: ``N`` = candidates whose block has fewer than
-   ``new_block_min_examples`` learned examples. If ``0 < |N| <= K / 2`` (newcomers
-   to a trained slot, not a slot learning from scratch) and
+   ``new_block_min_examples`` learned examples and fewer than a quarter of the
+   median count of the candidates. If ``0 < |N| <= K / 2`` (newcomers to a
+   trained slot, not a slot learning from scratch) and
    ``sum_N q > S = max(new_block_share, |N| f)``, the mass above the floor is
    rescaled within each group so that ``N`` holds exactly ``S`` and the
    others ``1 - S`` (uniformly above their floors if they had none above it).
@@ -666,7 +667,10 @@ class LinearPolicy:
         q = (1.0 - count * floor) * p + floor
         minimum = self.config.new_block_min_examples
         if minimum > 0:
-            new = self._n[rows] < minimum
+            counts = self._n[rows]
+            # new: below the minimum AND far behind the slot's typical block (a quarter of the median),
+            # so blocks that merely have few examples in a young slot are not held back
+            new = (counts < minimum) & (counts < 0.25 * float(np.median(counts)))
             new_count = int(new.sum())
             # Only newcomers to a trained slot are capped: while new blocks are at least half of the
             # candidates (a slot learning from scratch) the explorer is left alone.

@@ -187,7 +187,7 @@ def _new_block_world(config: LinearConfig) -> tuple[LinearPolicy, list[Candidate
 
 
 def test_new_blocks_share_is_bounded_and_at_least_their_floor() -> None:
-    free, candidates, context = _new_block_world(LinearConfig(shared=True, gamma_scale=1.0, floor=0.01))
+    free, candidates, context = _new_block_world(LinearConfig(shared=True, gamma_scale=1.0, floor=0.01, new_block_share=1.0))
     unbounded = free.pmf(context, candidates)
     # the shared part makes the new twin of the best block look better than a featureless block
     assert free.scores(context, candidates)[3] > free.scores(context, candidates)[4] + 0.05
