@@ -41,8 +41,11 @@ __all__ = ["ROUTES", "actor_of"]
 
 
 def actor_of(engine: Engine, request: Request) -> str:  # type: ignore[type-arg]
-    """``key:<id>`` of the admin key that made the request (the guard has checked it)."""
+    """``key:<id>`` of the admin key that made the request, or of the dashboard session's key (the
+    guard has checked either)."""
     key = presented_key(request.headers)
+    if key and key.startswith("s1."):  # a session: s1.<key id>.<expiry>.<signature>
+        return f"key:{key.split('.')[1]}"
     with engine.connect() as connection:
         key_id = connection.execute(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key or ""))).scalar()
     return f"key:{key_id}" if key_id is not None else "key:unknown"
