@@ -83,9 +83,11 @@ def claim_slot(engine: Engine, slot: str, *, every_s: float | None, now: datetim
     now = now or datetime.now(UTC)
     state = AutoOptimizeState
     free = state.claimed_until.is_(None) | (state.claimed_until < now)
-    due = True if every_s is None else (state.last_run_at.is_(None) | (state.last_run_at <= now - timedelta(seconds=every_s)))
+    conditions = [state.slot_name == slot, free]
+    if every_s is not None:
+        conditions.append(state.last_run_at.is_(None) | (state.last_run_at <= now - timedelta(seconds=every_s)))
     with write_lock(engine), engine.begin() as connection:
-        taken = connection.execute(update(state).where(state.slot_name == slot, free, due).values(
+        taken = connection.execute(update(state).where(*conditions).values(
             holder=holder, claimed_until=now + timedelta(seconds=CLAIM_TTL_S))).rowcount
     if taken:
         return True
@@ -265,6 +267,6 @@ def _train_on_log(engine: Engine, slot_row: Mapping[str, Any], config: Any, sinc
                      reward_max=float(slot_row["reward_max"]), keep_model=True)
     assert trained.model is not None
     loss = None if math.isnan(trained.progressive_loss) else trained.progressive_loss
-    metrics = {"decisions_learned": trained.learned, "pv_loss": loss,
+    metrics: dict[str, Any] = {"decisions_learned": trained.learned, "pv_loss": loss,
                "pv_loss_sum": (loss or 0.0) * trained.learned, "late_rewards": 0, "skipped": {}}
     return trained.model, int(bandit_log.meta["last_seq"]), metrics

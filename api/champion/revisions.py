@@ -193,7 +193,7 @@ def _iso(moment: Any) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def _as_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+def _as_dict(row: Any) -> dict[str, Any]:
     data = {key: row[key] for key in row.keys() if key != "created_at"}
     data["created_at"] = _iso(row["created_at"])
     return data

@@ -79,7 +79,8 @@ class Slot(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    holdout_share: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # server-side default only: an INSERT that does not name it (code written before 0008) works on both schemas
+    holdout_share: Mapped[float] = mapped_column(Float, server_default="0")
     """Share of units served the baseline and never learned from (migration 0008; ``api.champion.holdout``)."""
     auto_optimize: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The auto-optimize setting (``api.champion.settings.AutoOptimize.to_dict()``); None = off."""
