@@ -44,6 +44,8 @@ from api import (
     simulate,
 )
 from api.auth import KeyStore, require_admin, require_decide
+from api.champion.feature import FEATURE as CHAMPION
+from api.champion.schemas import auto_optimize_setting
 from api.db import queries
 from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
 from api.db.models import Policy, Slot
@@ -130,7 +132,7 @@ def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
     payload: schemas.SlotRequest = _decode(body, schemas.SlotRequest)
     values: dict[str, Any] = {}
     for key in ("default_block", "timezone", "reward_window_s", "default_reward", "reward_aggregation",
-                "learning_mode", "require_activation"):
+                "learning_mode", "require_activation", "holdout_share"):
         value = getattr(payload, key)
         if value is not None:
             values[key] = value
@@ -144,6 +146,8 @@ def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
         if not low < high:
             raise ApiError(422, "invalid_request", "reward_range must be [min, max] with min < max", "reward_range")
         values["reward_min"], values["reward_max"] = low, high
+    if payload.auto_optimize is not None:  # api.champion: its candidate configurations checked here
+        values["auto_optimize"] = auto_optimize_setting(payload.auto_optimize)
     with state.engine.begin() as connection:
         existing = connection.execute(select(Slot.id, Slot.reward_min, Slot.reward_max, Slot.default_reward)
                                       .where(Slot.name == slot)).first()
@@ -158,8 +162,10 @@ def _put_slot(state: State, slot: str, body: bytes) -> Response[dict[str, Any]]:
         if not low <= default_reward <= high:
             raise ApiError(422, "invalid_request", "default_reward must lie within reward_range", "default_reward")
         if isinstance(payload.policy, str):
-            if connection.execute(select(Policy.id).where(Policy.name == payload.policy)).first() is None:
-                raise ApiError(422, "invalid_request", f"policy '{payload.policy}' does not exist", "policy")
+            if connection.execute(select(Policy.id).where(Policy.name == payload.policy,
+                                                          Policy.source.is_(None))).first() is None:
+                raise ApiError(422, "invalid_request", f"policy '{payload.policy}' does not exist (or is a "
+                               "challenger, which never serves)", "policy")
             values["policy_name"] = payload.policy
         elif isinstance(payload.policy, schemas.PolicyRequest) or existing is None:
             config = _policy_values(slot, payload.policy) if payload.policy else PolicyConfig()
@@ -337,6 +343,7 @@ FEATURES: tuple[Feature, ...] = (
             add_commands=offline.add_commands),
     experiments.FEATURE,
     reports.FEATURE,
+    CHAMPION,
     Feature("dashboard", routes=dashboard.ROUTES),
     keys.FEATURE,
     PERSONALIZER,

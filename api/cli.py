@@ -12,6 +12,7 @@
     slotbandit export --slot S --format dsjson|csv|parquet --output PATH
     slotbandit evaluate (--log FILE | --slot S) [--candidate NAME=JSON] [--standard-candidates]
     slotbandit report EXPERIMENT --format md|html|json|csv
+    slotbandit challenger add|remove|list --slot S, optimize --slot S, revisions list|rollback
 
 ``SLOTBANDIT_DATABASE_URL`` selects the database (default: SQLite under ./var/).
 """

@@ -27,6 +27,7 @@ from litestar.static_files import create_static_files_router
 from sqlalchemy import func, select
 
 from api.auth import ADMIN_COOKIE, SESSION_S, check_same_origin, session_cookie
+from api.champion.holdout import holdout_lift
 from api.db.models import Activation, Decision, Reward
 from api.experiments import list_experiments
 from api.pages import STATIC, environment
@@ -36,6 +37,9 @@ from api.state import AppState, ProvidedAppState
 __all__ = ["ROUTES"]
 
 COOKIE = ADMIN_COOKIE
+
+DASHBOARD_HOLDOUT_DECISIONS = 100_000
+"""The overview measures each holdout on at most this many of the slot's newest decisions."""
 
 
 def _html(text: str, status: int = 200) -> Response[str]:
@@ -111,8 +115,10 @@ def overview(request: Request, app_state: ProvidedAppState) -> Response[str]:  #
         by_slot.setdefault(e["slot"], []).append(e)
     slots = sorted(app_state.registry.slots.values(), key=lambda s: s.name)
     policies = app_state.registry.policies
+    holdouts = {s.name: holdout_lift(app_state.engine, s.name, max_decisions=DASHBOARD_HOLDOUT_DECISIONS)
+                for s in slots if s.holdout_share > 0}
     return _html(environment.get_template("overview.html").render(
-        slots=slots, policies=policies, experiments=by_slot, counters=_counters(app_state)))
+        slots=slots, policies=policies, experiments=by_slot, counters=_counters(app_state), holdouts=holdouts))
 
 
 @get("/dashboard/counters.json", sync_to_thread=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from api.champion.holdout import HOLDOUT_ARM, in_holdout
 from api.errors import ApiError
 from api.registry import PolicyState, Registry, SlotState
 from api.schemas import DecideRequest
@@ -164,20 +165,23 @@ class Decider:
             context.pop("user", None)
         unit = unit_key(self.secret, request.unit_id) if (request.unit_id and consent) else None
 
+        mode = slot.learning_mode
+        # the holdout (api.champion.holdout): units served the baseline, never in an experiment
+        held_out = consent and mode == "online" and in_holdout(self.secret, slot.name, request.unit_id or event_id,
+                                                               slot.holdout_share)
         assignment = None
-        if self.resolve_arm is not None and consent:
+        if self.resolve_arm is not None and consent and not held_out:
             assignment = self.resolve_arm(slot, request.unit_id or event_id)
         policy_name = assignment.policy_name if assignment else slot.policy_name
         policy: PolicyState | None = self.registry.policies.get(policy_name)
 
         ids = [c.id for c in candidates]
         fallback_reason: str | None = None
-        mode = slot.learning_mode
         trained = False
         policy_kind = policy.config.kind if policy else "unknown"
         model_version = policy.model_version if policy else 0
         try:
-            if not consent or mode in ("apprentice", "logging-only"):
+            if not consent or held_out or mode in ("apprentice", "logging-only"):
                 pmf = self._default_pmf(slot, ids)
                 if pmf is None:
                     pmf = _UNIFORM.pmf(context, candidates)
@@ -222,7 +226,7 @@ class Decider:
             "context": context,
             "unit_key": unit,
             "experiment_id": assignment.experiment_id if assignment else None,
-            "arm": assignment.arm if assignment else None,
+            "arm": assignment.arm if assignment else (HOLDOUT_ARM if held_out else None),
             "consent": consent,
             "deferred": request.defer_activation,
             "fallback": fallback_reason is not None,

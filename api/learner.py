@@ -41,12 +41,21 @@ Late rewards (stamped after the window) are kept in the log and counted
 learned with does not depend on when the learner ran.
 
 Modes (the decision's own ``learning_mode``): ``online`` learns decisions
-served by the policy's own kind with the real reward; ``apprentice`` learns to imitate the default
+served by any policy's pmf (``vw``, ``linear``, ``uniform``, ... : whichever kind the policy had
+then, the logged propensity makes it fit to learn from) with the real reward; ``apprentice`` learns to imitate the default
 block: reward 1 when the logged choice is the default block, else 0 (plus one
 counter-example, a non-default block with reward 0, so the ranking is learned
 and not only the default's score). Before each apprentice update the model's
 top choice is compared with the default block (``apprentice.match_rate``);
-``logging-only`` learns nothing.
+``logging-only`` learns nothing. Decisions of the slot's holdout (``arm = "holdout"`` outside
+experiments, ``api.champion.holdout``) are never learned (skip reason ``holdout``).
+
+Challengers (``api.champion``). A policy with a ``source`` is a challenger: its
+:class:`PolicyLearner` reads the decisions logged under the *source* policy (the serving one),
+with their logged propensities, instead of its own (it never serves, so it has none), and learns
+them with the same rules, snapshots, metrics (``pv_loss`` is then the progressive-validation cost
+of the challenger on the serving policy's stream), lease and exactly-once cursor as any policy.
+Its cursor is a position in the source's decisions, the same space as the source's own cursor.
 
 Freshness. The run loop sleeps until the first waiting decision becomes
 learnable by its window (but at least ``batch_wait_s``, so a step learns a
@@ -107,6 +116,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from api.champion.holdout import HOLDOUT_ARM
 from api.db.bulk import append_rows
 from api.db.engine import write_lock
 from api.db.learning_models import LearnedDecision, LearnerLease
@@ -458,13 +468,19 @@ class StepReport:
 
 
 class PolicyLearner:
-    """The learning state of one ``vw`` or ``linear`` policy: model, cursor, counters since the last snapshot."""
+    """The learning state of one ``vw`` or ``linear`` policy: model, cursor, counters since the last snapshot.
+
+    ``source``: for a challenger, the policy whose decisions it learns (its own name otherwise).
+    """
 
     def __init__(self, engine: Engine, name: str, config: PolicyConfig, settings: LearnerSettings, holder: str,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic, source: str | None = None) -> None:
         assert config.kind in MODEL_KINDS
         self.engine = engine
         self.name = name
+        self.source = source
+        self.stream = source or name
+        """The policy name whose logged decisions this learner reads."""
         self.config = config
         self.settings = settings
         self.holder = holder
@@ -534,9 +550,9 @@ class PolicyLearner:
                     _decisions.c.learning_mode, _decisions.c.catalog_version, _decisions.c.inline_candidates,
                     _decisions.c.candidate_ids, _decisions.c.chosen_index, _decisions.c.chosen_block,
                     _decisions.c.probability, _decisions.c.context, _decisions.c.consent, _decisions.c.deferred,
-                    _decisions.c.fallback, _decisions.c.created_at,
+                    _decisions.c.fallback, _decisions.c.created_at, _decisions.c.arm, _decisions.c.experiment_id,
                 )
-                .where(_decisions.c.policy_name == self.name, _decisions.c.seq > self.cursor)
+                .where(_decisions.c.policy_name == self.stream, _decisions.c.seq > self.cursor)
                 .order_by(_decisions.c.seq)
                 .limit(min(self.settings.batch_size, max(1, self.settings.snapshot_every - self.unsaved)))
             ).all()
@@ -616,10 +632,12 @@ class PolicyLearner:
             return "fallback"
         if not row.consent:
             return "no_consent"
+        if row.arm == HOLDOUT_ARM and row.experiment_id is None:
+            return "holdout"  # served the baseline to measure personalization: never learned
         if not_activated:
             return "not_activated"
-        if mode == "online" and row.policy_kind != self.config.kind:
-            return f"not_{self.config.kind}"  # e.g. a fallback served by another kind
+        if mode == "online" and row.policy_kind in ("default", "unknown"):
+            return "no_policy"  # the default block served without a policy's pmf
         if mode not in ("online", "apprentice"):
             return "unknown_mode"
         candidates = catalogs.candidates(row)
@@ -679,6 +697,7 @@ class PolicyLearner:
             "pv_loss_sum": t.pv_sum,
             "late_rewards": t.late,
             "skipped": dict(t.skipped),
+            **({"learns_from": self.source} if self.source else {}),
             "window": {
                 "decisions_learned": window,
                 "average_reward": _ratio(t.reward_sum - s.reward_sum, window),
@@ -802,15 +821,17 @@ class Learner:
         self._lock = threading.Lock()
         self._renewed: dict[str, float] = {}
 
-    def _policy_configs(self) -> dict[str, PolicyConfig]:
+    def _policy_configs(self) -> dict[str, tuple[PolicyConfig, str | None]]:
+        """name -> (configuration, source: the policy a challenger learns from, else None)."""
         with self.engine.connect() as connection:
-            rows = connection.execute(select(Policy.name, Policy.config).where(Policy.kind.in_(MODEL_KINDS))).all()
+            rows = connection.execute(
+                select(Policy.name, Policy.config, Policy.source).where(Policy.kind.in_(MODEL_KINDS))).all()
         configs = {}
-        for name, config in rows:
+        for name, config, source in rows:
             if self.only is not None and name not in self.only:
                 continue
             try:
-                configs[name] = PolicyConfig.from_dict(config)
+                configs[name] = (PolicyConfig.from_dict(config), source)
             except Exception:  # noqa: BLE001 - one broken policy must not stop the others
                 log.exception("policy %s has an invalid config; not learning it", name)
         return configs
@@ -828,9 +849,9 @@ class Learner:
             slots = self._slots()
             total = StepReport()
             for name in list(self.policies):
-                if name not in configs or configs[name] != self.policies[name].config:
-                    self._drop(name)  # deleted, or its VW options changed: start over from its snapshot
-            for name, config in configs.items():
+                if name not in configs or configs[name] != (self.policies[name].config, self.policies[name].source):
+                    self._drop(name)  # deleted, or its options (or source) changed: start over from its snapshot
+            for name, (config, source) in configs.items():
                 renewed = self._renewed.get(name)
                 # renew a third of the way into the lease (each renewal is a durable write)
                 if renewed is None or time.monotonic() - renewed > self.settings.lease_ttl_s / 3:
@@ -844,7 +865,7 @@ class Learner:
                 learner = self.policies.get(name)
                 if learner is None:
                     learner = self.policies[name] = PolicyLearner(self.engine, name, config, self.settings, self.holder,
-                                                                        clock=self.clock)
+                                                                  clock=self.clock, source=source)
                 before = learner.version
                 report = learner.step(now, slots, self._catalogs)
                 if report.snapshots and self.on_snapshot is not None and learner.version != before:

@@ -6,9 +6,9 @@ by the slot's rule (``api.learner.aggregate_rewards``: the very numbers the
 learner learns with), the candidates with the features they had (their
 catalog version, or the inline candidates; ``api.learner``'s catalog cache),
 the context as logged. ``learnable`` is the learner's rule: False for
-fallbacks, decisions without consent, and decisions that needed an
-activation (deferred, or the slot requires one) and got none within the
-window; those carry ``_skipLearn`` in DSJSON. Three queries whatever the size
+fallbacks, decisions without consent, the slot's holdout (``api.champion.holdout``),
+and decisions that needed an activation (deferred, or the slot requires one) and
+got none within the window; those carry ``_skipLearn`` in DSJSON. Three queries whatever the size
 (decisions, rewards, activations; catalog versions once each, cached).
 Rewards of decisions whose window is still open may be incomplete:
 ``meta["open_windows"]`` counts them.
@@ -67,6 +67,7 @@ from analysis.replay import replay
 from analysis.tabular import write_csv, write_parquet
 from api import schemas
 from api.auth import require_admin
+from api.champion.holdout import HOLDOUT_ARM
 from api.db.evaluation_models import StoredEvaluation
 from api.db.models import Activation, Decision, Policy, Reward, Slot
 from api.db.queries import JsonMemo, upsert_policy
@@ -169,6 +170,7 @@ def load_log(
             cast(d.c.inline_candidates, Text).label("inline_candidates"),
             cast(d.c.candidate_ids, Text).label("candidate_ids"), cast(d.c.pmf, Text).label("pmf"),
             d.c.chosen_index, cast(d.c.context, Text).label("context"), d.c.consent, d.c.deferred, d.c.fallback,
+            d.c.experiment_id,
         ).where(*where)
         if limit is not None:
             rows = connection.execute(query.order_by(d.c.seq.desc()).limit(limit)).all()[::-1]
@@ -230,7 +232,8 @@ def load_log(
             "arm": row.arm or row.policy_name,
             "context": decode(row.context) or {},
             "candidates": candidates,
-            "learnable": not row.fallback and bool(row.consent) and not (needs_activation and not activated),
+            "learnable": not row.fallback and bool(row.consent) and not (needs_activation and not activated)
+            and not (row.arm == HOLDOUT_ARM and row.experiment_id is None),  # the holdout is never learned
         })
     meta: dict[str, Any] = {
         "source": "database", "slot": slot, "reward_min": rules.reward_min, "reward_max": rules.reward_max,

@@ -51,6 +51,7 @@ class RollbackBody(Struct, forbid_unknown_fields=True):
 
 
 def _bodies() -> dict[tuple[str, str], Any]:
+    from api.champion.schemas import RunIn
     from api.experiments.schemas import ExperimentIn
     from api.offline import ApplyIn, EvaluationIn
 
@@ -71,6 +72,8 @@ def _bodies() -> dict[tuple[str, str], Any]:
         ("put", "/v1/policies/{name}/model"): bytes,
         ("post", "/v1/keys"): schemas.KeyRequest,
         ("post", "/v1/keys/{key_id}/rotate"): schemas.RotateRequest,
+        ("put", "/v1/slots/{slot}/challengers/{name}"): schemas.PolicyRequest,
+        ("post", "/v1/slots/{slot}/auto-optimize/run"): RunIn,
     }
 
 

@@ -54,6 +54,10 @@ class SlotState:
     catalog_version: int
     revision: int
     candidates: tuple[Candidate, ...] = ()
+    holdout_share: float = 0.0
+    """Share of units served the baseline and never learned from (``api.champion.holdout``)."""
+    auto_optimize: Mapping[str, Any] | None = None
+    """The auto-optimize setting (``api.champion.settings``), None when off."""
     by_id: Mapping[str, Candidate] = field(default_factory=dict)
     features_by_id: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Block id -> features of this catalog version, built once (the decide response needs it)."""
@@ -75,6 +79,8 @@ class SlotState:
             "require_activation": self.require_activation,
             "policy": self.policy_name,
             "catalog_version": self.catalog_version,
+            "holdout_share": self.holdout_share,
+            "auto_optimize": dict(self.auto_optimize) if self.auto_optimize else {"mode": "off"},
             "blocks": [{"id": c.id, "features": dict(c.features)} for c in self.candidates],
         }
 
@@ -123,7 +129,9 @@ class Registry:
         """Reload whatever changed since the last call (safe to call from any thread)."""
         with self._lock, self._engine.connect() as connection:
             slot_revisions = dict(connection.execute(select(Slot.name, Slot.revision)).all())
-            policy_revisions = dict(connection.execute(select(Policy.name, Policy.revision)).all())
+            # challengers (api.champion) never serve: they are not loaded
+            policy_revisions = dict(connection.execute(
+                select(Policy.name, Policy.revision).where(Policy.source.is_(None))).all())
             versions = self._versions(connection)
             for name in list(self.slots):
                 if name not in slot_revisions:
@@ -186,6 +194,8 @@ class Registry:
             catalog_version=row["catalog_version"],
             revision=row["revision"],
             candidates=candidates,
+            holdout_share=float(row.get("holdout_share") or 0.0),
+            auto_optimize=row.get("auto_optimize") or None,
             by_id={c.id: c for c in candidates},
             features_by_id={c.id: c.features for c in candidates},
         )

@@ -15,6 +15,8 @@ from litestar import Request
 from litestar.params import QueryParameter
 from msgspec import Meta, Struct
 
+from api.champion.schemas import AutoOptimizeIn
+
 __all__ = [
     "ActivateRequest",
     "BlockRequest",
@@ -146,6 +148,8 @@ class SlotRequest(Struct, forbid_unknown_fields=True):
     learning_mode: Literal["online", "apprentice", "logging-only"] | None = None
     require_activation: bool | None = None
     policy: Name | PolicyRequest | None = None
+    holdout_share: Annotated[float, Meta(ge=0.0, le=0.5)] | None = None
+    auto_optimize: AutoOptimizeIn | None = None
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ import os
 
 from alembic import context
 
+import api.db.champion_models  # noqa: F401 - registers the policy revisions and auto-optimize tables
 import api.db.evaluation_models  # noqa: F401 - registers the evaluations table
 import api.db.experiment_models  # noqa: F401 - registers the experiment tables on Base.metadata
 import api.db.learning_models  # noqa: F401 - registers the learner tables

@@ -57,6 +57,8 @@ class Policy(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """A challenger's: the policy whose decisions it learns without serving (migration 0008; ``api.champion``)."""
 
 
 class Slot(Base):
@@ -77,6 +79,11 @@ class Slot(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # server-side default only: an INSERT that does not name it (code written before 0008) works on both schemas
+    holdout_share: Mapped[float] = mapped_column(Float, server_default="0")
+    """Share of units served the baseline and never learned from (migration 0008; ``api.champion.holdout``)."""
+    auto_optimize: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The auto-optimize setting (``api.champion.settings.AutoOptimize.to_dict()``); None = off."""
 
 
 class Block(Base):
