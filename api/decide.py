@@ -174,7 +174,7 @@ class Decider:
         fallback_reason: str | None = None
         mode = slot.learning_mode
         trained = False
-        policy_kind = policy.config.kind if policy else "unknown"
+        policy_kind: str = policy.config.kind if policy else "unknown"
         model_version = policy.model_version if policy else 0
         try:
             if not consent or mode in ("apprentice", "logging-only"):

@@ -37,6 +37,7 @@ import vowpalwabbit
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.features import Features, FeatureValue, action_line, shared_line
 from bandits.linear import LinearConfig
+from bandits.rewards import cost_from_reward
 
 __all__ = [
     "Candidate",
@@ -238,13 +239,6 @@ class PolicyConfig:
         if self.rules is not None:
             data["rules"] = dict(self.rules)
         return data
-
-
-def cost_from_reward(reward: float, reward_min: float, reward_max: float) -> float:
-    """Cost in [0, 1] for VW: (r_max - r) / (r_max - r_min), so untried actions look optimistic."""
-    span = reward_max - reward_min
-    clipped = min(max(reward, reward_min), reward_max)
-    return (reward_max - clipped) / span if span > 0 else 0.0
 
 
 class Chooser(Protocol):
