@@ -141,7 +141,7 @@ STANDARD_CANDIDATES: Mapping[str, VWConfig] = {
     "squarecb-lr0.1": VWConfig(exploration="squarecb", gamma_scale=1000.0, learning_rate=0.1),
     "no-interactions": VWConfig(exploration="squarecb", gamma_scale=1000.0, interactions=(), ignore_linear_context=False),
 }
-"""A small built-in set (ARCHITECTURE.md, "Default learning configuration"): the default
+"""A small built-in set (docs/architecture.md, "Default VW configuration (evidence)"): the default
 SquareCB and a less greedy one, epsilon-greedy at two rates, cover, a lower learning rate,
 and a control without context x block interactions (which should score like uniform)."""
 

@@ -24,7 +24,7 @@ Cost encoding is the learner's: ``cost = (r_max - r) / (r_max - r_min)``
 from the arguments, else ``log.meta["reward_min"/"reward_max"]``, else the
 observed rewards.
 
-Speed. Parsing is ~90% of a VW text predict (ARCHITECTURE.md, "Decide").
+Speed. Parsing is ~90% of a VW text predict (docs/architecture.md, "The flows", Decide).
 The replay parses the block examples once per candidate set and reuses
 them; per event it parses only the shared example and the labelled copy of
 the chosen block, and makes *one* ``learn`` call whose pre-update

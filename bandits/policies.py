@@ -15,7 +15,7 @@ candidates. Kinds:
 The chooser of a config is made by ``bandits.choosers.build_chooser``, which
 imports every kind's module; this module imports none of ``rules``.
 
-Default VW configuration (ARCHITECTURE.md, "Default learning configuration"):
+Default VW configuration (docs/architecture.md, "Default VW configuration (evidence)"):
 SquareCB with ``--gamma_scale 1000``, context x action interactions and no
 linear terms for the shared (context) namespaces, costs in [0, 1]. In a
 bake-off on nine public datasets it scored 0.877 normalized against 0.729
