@@ -20,6 +20,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check bandits analysis api tests benchmarks
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -34,7 +34,9 @@ policies, progressive-validation replay of VW configurations, feature
 importance), :mod:`analysis.dsjson` and :mod:`analysis.tabular` (interchange),
 :mod:`analysis.evaluation` (the standard comparison set and recommendation),
 :mod:`analysis.experiments` (online experiment statistics; its
-``Comparison`` is exported here as ``ExperimentComparison``).
+``Comparison`` is exported here as ``ExperimentComparison``),
+:mod:`analysis.unit_statistics` (per-unit ``ArmStats`` from numpy columns),
+:mod:`analysis.errors` (the exception tree: one root, :class:`AnalysisError`).
 
 This package imports numpy, scipy, statsmodels and vowpalwabbit only (pyarrow
 when Parquet is used): never litestar, sqlalchemy or ``api``. The names are
@@ -50,7 +52,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from analysis.log import BanditLog, LogError
+from analysis.errors import AnalysisError, LogError
+from analysis.log import BanditLog
 from analysis.replay import (
     FeatureImportance,
     ReplayResult,
@@ -68,7 +71,14 @@ from analysis.replay import (
 
 if TYPE_CHECKING:
     from analysis.compare import Comparison, paired_difference
-    from analysis.dsjson import FormatError, read_dsjson, write_dsjson
+    from analysis.dsjson import read_dsjson, write_dsjson
+    from analysis.errors import (
+        EstimatorError,
+        EvaluationError,
+        ExperimentError,
+        FormatError,
+        ReplayError,
+    )
     from analysis.estimators import (
         IPS,
         METHODS,
@@ -80,7 +90,6 @@ if TYPE_CHECKING:
         DoublyRobust,
         DRos,
         Estimate,
-        EstimatorError,
         EventData,
         Replay,
         RewardModel,
@@ -99,7 +108,6 @@ if TYPE_CHECKING:
         STANDARD_CANDIDATES,
         EvaluatedPolicy,
         Evaluation,
-        EvaluationError,
         EvaluationPoint,
         Recommendation,
         evaluate,
@@ -110,7 +118,6 @@ if TYPE_CHECKING:
         AnalysisConfig,
         ArmResult,
         ArmStats,
-        ExperimentError,
         ExperimentResult,
         PowerAnalysis,
         RatioStatistic,
@@ -130,11 +137,13 @@ if TYPE_CHECKING:
     from analysis.intervals import Interval, bernstein_interval, bootstrap_interval, normal_interval
     from analysis.sequences import ConfidenceSequence, confidence_sequence
     from analysis.tabular import read_csv, read_obd_csv, read_parquet, write_csv, write_parquet
+    from analysis.unit_statistics import ArmUnits, arm_stats, unit_stats
 
 _LAZY: dict[str, tuple[str, str]] = {
     "AnalysisConfig": ("analysis.experiments", "AnalysisConfig"),
     "ArmResult": ("analysis.experiments", "ArmResult"),
     "ArmStats": ("analysis.experiments", "ArmStats"),
+    "ArmUnits": ("analysis.unit_statistics", "ArmUnits"),
     "Comparison": ("analysis.compare", "Comparison"),
     "ConfidenceSequence": ("analysis.sequences", "ConfidenceSequence"),
     "Diagnostics": ("analysis.estimators", "Diagnostics"),
@@ -142,16 +151,16 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DoublyRobust": ("analysis.estimators", "DoublyRobust"),
     "DRos": ("analysis.estimators", "DRos"),
     "Estimate": ("analysis.estimators", "Estimate"),
-    "EstimatorError": ("analysis.estimators", "EstimatorError"),
+    "EstimatorError": ("analysis.errors", "EstimatorError"),
     "EvaluatedPolicy": ("analysis.evaluation", "EvaluatedPolicy"),
     "Evaluation": ("analysis.evaluation", "Evaluation"),
-    "EvaluationError": ("analysis.evaluation", "EvaluationError"),
+    "EvaluationError": ("analysis.errors", "EvaluationError"),
     "EvaluationPoint": ("analysis.evaluation", "EvaluationPoint"),
     "EventData": ("analysis.estimators", "EventData"),
     "ExperimentComparison": ("analysis.experiments", "Comparison"),
-    "ExperimentError": ("analysis.experiments", "ExperimentError"),
+    "ExperimentError": ("analysis.errors", "ExperimentError"),
     "ExperimentResult": ("analysis.experiments", "ExperimentResult"),
-    "FormatError": ("analysis.dsjson", "FormatError"),
+    "FormatError": ("analysis.errors", "FormatError"),
     "HealthRow": ("analysis.health", "HealthRow"),
     "IPS": ("analysis.estimators", "IPS"),
     "Interval": ("analysis.intervals", "Interval"),
@@ -162,6 +171,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RatioStatistic": ("analysis.experiments", "RatioStatistic"),
     "Recommendation": ("analysis.evaluation", "Recommendation"),
     "Replay": ("analysis.estimators", "Replay"),
+    "ReplayError": ("analysis.errors", "ReplayError"),
     "RewardModel": ("analysis.estimators", "RewardModel"),
     "RidgeRewardModel": ("analysis.estimators", "RidgeRewardModel"),
     "SNDR": ("analysis.estimators", "SNDR"),
@@ -178,6 +188,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TimeSeries": ("analysis.experiments", "TimeSeries"),
     "analyze_experiment": ("analysis.experiments", "analyze_experiment"),
     "analyze_segments": ("analysis.experiments", "analyze_segments"),
+    "arm_stats": ("analysis.unit_statistics", "arm_stats"),
     "bernstein_interval": ("analysis.intervals", "bernstein_interval"),
     "block_embedding": ("analysis.estimators", "block_embedding"),
     "bootstrap_interval": ("analysis.intervals", "bootstrap_interval"),
@@ -199,6 +210,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "recommend": ("analysis.evaluation", "recommend"),
     "render_table": ("analysis.evaluation", "render_table"),
     "sample_ratio_check": ("analysis.experiments", "sample_ratio_check"),
+    "unit_stats": ("analysis.unit_statistics", "unit_stats"),
     "write_csv": ("analysis.tabular", "write_csv"),
     "write_dsjson": ("analysis.dsjson", "write_dsjson"),
     "write_parquet": ("analysis.tabular", "write_parquet"),
@@ -229,8 +241,10 @@ __all__ = [
     "SNIPS",
     "STANDARD_CANDIDATES",
     "AnalysisConfig",
+    "AnalysisError",
     "ArmResult",
     "ArmStats",
+    "ArmUnits",
     "BanditLog",
     "Comparison",
     "ConfidenceSequence",
@@ -258,6 +272,7 @@ __all__ = [
     "RatioStatistic",
     "Recommendation",
     "Replay",
+    "ReplayError",
     "ReplayResult",
     "RewardModel",
     "RidgeRewardModel",
@@ -272,6 +287,7 @@ __all__ = [
     "TimeSeries",
     "analyze_experiment",
     "analyze_segments",
+    "arm_stats",
     "bernstein_interval",
     "block_embedding",
     "bootstrap_interval",
@@ -303,6 +319,7 @@ __all__ = [
     "snapshot_target",
     "snips_value",
     "uniform_target",
+    "unit_stats",
     "write_csv",
     "write_dsjson",
     "write_parquet",

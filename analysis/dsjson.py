@@ -83,7 +83,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from analysis.log import BanditLog, LogError
+from analysis.errors import FormatError, LogError
+from analysis.log import BanditLog
 from bandits.features import (
     ACTION_NAMESPACE,
     CONTEXT_NAMESPACES,
@@ -109,19 +110,6 @@ EXTENSION_KEY = "slotbandit"
 
 _GROUP_BY_LETTER = {NAMESPACE_LETTERS[g]: g for g in CONTEXT_NAMESPACES}
 _ACTION_LETTER = NAMESPACE_LETTERS[ACTION_NAMESPACE]
-
-
-class FormatError(LogError):
-    """An input file that cannot be read as a log: names the line (1-based) and the field."""
-
-    def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
-        where = []
-        if line is not None:
-            where.append(f"line {line}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message, field=field)
-        self.line = line
 
 
 # ---------------------------------------------------------------- encoding

@@ -83,6 +83,7 @@ from typing import Any, Literal
 import numpy as np
 
 from analysis.compare import Comparison, holm_adjusted, paired_difference
+from analysis.errors import EvaluationError
 from analysis.estimators import (
     INTERVALS,
     METHODS,
@@ -140,16 +141,14 @@ STANDARD_CANDIDATES: Mapping[str, VWConfig] = {
     "squarecb-lr0.1": VWConfig(exploration="squarecb", gamma_scale=1000.0, learning_rate=0.1),
     "no-interactions": VWConfig(exploration="squarecb", gamma_scale=1000.0, interactions=(), ignore_linear_context=False),
 }
-"""A small built-in set (ARCHITECTURE.md, "Default learning configuration"): the default
+"""A small built-in set (docs/architecture.md, "Default VW configuration (evidence)"): the default
 SquareCB and a less greedy one, epsilon-greedy at two rates, cover, a lower learning rate,
 and a control without context x block interactions (which should score like uniform)."""
 
 Bucket = Literal["day", "hour"]
+PolicyRole = Literal["online", "logging", "baseline", "uniform", "candidate"]
+"""What an evaluated policy is to the comparison."""
 _BUCKET_SECONDS = {"day": 86400.0, "hour": 3600.0}
-
-
-class EvaluationError(EstimatorError):
-    """Invalid input to :func:`evaluate`; ``field`` names it (``candidates.<name>``, ``method``...)."""
 
 
 # --------------------------------------------------------------------------- results
@@ -160,7 +159,7 @@ class EvaluatedPolicy:
     """One policy of the comparison set with its estimate."""
 
     name: str
-    kind: Literal["online", "logging", "baseline", "uniform", "candidate"]
+    kind: PolicyRole
     """``online`` (a snapshot), ``logging`` (online = the logged pmfs), ``baseline``, ``uniform``, ``candidate``."""
     estimate: Estimate
     config: Mapping[str, Any] | None = None
@@ -617,7 +616,7 @@ def evaluate(
     model = _MemoRidge(RidgeRewardModel())  # one cross-fit serves every policy (same events, same folds)
 
     # targets: name -> (kind, pmf, config, progressive value, method)
-    targets: dict[str, tuple[str, np.ndarray, Mapping[str, Any] | None, float | None, str | Estimator]] = {}
+    targets: dict[str, tuple[PolicyRole, np.ndarray, Mapping[str, Any] | None, float | None, str | Estimator]] = {}
     if online_model is not None:
         online_target = snapshot_target(log, online_model, config=online_config, progress=progress)
         targets["online"] = ("online", online_target, None, None, method)
@@ -690,7 +689,7 @@ def evaluate(
                                             reward_max=rr[1], progress=progress)
 
     policies = tuple(
-        EvaluatedPolicy(name, kind, estimates[name], config, pv, _name(used))  # type: ignore[arg-type]
+        EvaluatedPolicy(name, kind, estimates[name], config, pv, _name(used))
         for name, (kind, _, config, pv, used) in targets.items()
     )
     meta = {k: v for k, v in log.meta.items() if isinstance(v, str | int | float | bool) or v is None}

@@ -95,7 +95,7 @@ Guardrails (:func:`guardrail_checks`)
 Degeneracy never raises: a result carries ``None`` in the undefined fields
 and machine-readable ``codes`` (see :data:`CODES`). Invalid input raises::
 
-    ExperimentError (ValueError)      root; ``field`` names the offending input
+    ExperimentError (AnalysisError)   root here (``analysis.errors``); ``field`` names the input
     ├── InvalidStatistics             negative counts, NaN/inf, impossible sums
     ├── InvalidConfig                 AnalysisConfig outside its documented range
     └── InvalidExperiment             shares not summing to 1, unknown control or arm
@@ -116,6 +116,8 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import special
+
+from analysis.errors import ExperimentError, InvalidConfig, InvalidExperiment, InvalidStatistics
 
 __all__ = [
     "CODES",
@@ -178,27 +180,6 @@ CODES: Mapping[str, str] = {
 _SHARE_TOLERANCE = 1e-6
 
 # ----------------------------------------------------------------------------- errors
-
-
-class ExperimentError(ValueError):
-    """Root of the exceptions raised by this module; ``field`` names the input."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class InvalidStatistics(ExperimentError):
-    """Sufficient statistics that no data can produce (negative, NaN, impossible sums)."""
-
-
-class InvalidConfig(ExperimentError):
-    """An :class:`AnalysisConfig` field outside its documented range."""
-
-
-class InvalidExperiment(ExperimentError):
-    """Arms, shares and control that do not fit together."""
 
 
 def _finite(value: float, name: str, exc: type[ExperimentError]) -> float:

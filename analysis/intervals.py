@@ -35,6 +35,8 @@ from statistics import NormalDist
 import numpy as np
 from scipy import stats
 
+from analysis.errors import EstimatorError
+
 __all__ = [
     "EstimatorError",
     "Interval",
@@ -45,15 +47,6 @@ __all__ = [
     "poisson_weight_chunks",
     "resample_statistic",
 ]
-
-
-class EstimatorError(ValueError):
-    """Invalid input to an estimator or interval (shape, NaN, pmf, level, method...)."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from analysis.errors import LogError
 from bandits.features import Features
 from bandits.policies import Candidate
 
 __all__ = ["BanditLog", "LogError"]
-
-
-class LogError(ValueError):
-    """A log whose columns disagree (lengths, probabilities, indices)."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,16 +93,19 @@ class BanditLog:
 
     @property
     def n_actions(self) -> np.ndarray:
-        return self.action_mask.sum(axis=1)
+        counts: np.ndarray = self.action_mask.sum(axis=1)
+        return counts
 
     @property
     def propensity(self) -> np.ndarray:
         """(n,) logged probability of the chosen candidate."""
-        return self.logging_pmf[np.arange(self.n), self.chosen]
+        chosen: np.ndarray = self.logging_pmf[np.arange(self.n), self.chosen]
+        return chosen
 
     @property
     def chosen_ids(self) -> np.ndarray:
-        return self.action_ids[np.arange(self.n), self.chosen]
+        ids: np.ndarray = self.action_ids[np.arange(self.n), self.chosen]
+        return ids
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> BanditLog:
         """The events at ``rows`` (a boolean mask or indices), in the same column layout."""

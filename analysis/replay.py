@@ -24,7 +24,7 @@ Cost encoding is the learner's: ``cost = (r_max - r) / (r_max - r_min)``
 from the arguments, else ``log.meta["reward_min"/"reward_max"]``, else the
 observed rewards.
 
-Speed. Parsing is ~90% of a VW text predict (ARCHITECTURE.md, "Decide").
+Speed. Parsing is ~90% of a VW text predict (docs/architecture.md, "The flows", Decide).
 The replay parses the block examples once per candidate set and reuses
 them; per event it parses only the shared example and the labelled copy of
 the chosen block, and makes *one* ``learn`` call whose pre-update
@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 import vowpalwabbit
 
-from analysis.log import BanditLog, LogError
+from analysis.errors import LogError, ReplayError
+from analysis.log import BanditLog
 from bandits.features import CONTEXT_NAMESPACES, Features, action_line, shared_line
 from bandits.linear import LinearConfig, LinearPolicy
 from bandits.policies import Candidate, Chooser, VWConfig, cost_from_reward
@@ -247,7 +248,7 @@ def _workspace(config: VWConfig | None, model: bytes | None) -> vowpalwabbit.Wor
     if model is None:
         return vowpalwabbit.Workspace(arg_list=(config or VWConfig()).to_args())
     if not model:
-        raise ValueError("empty VW model")
+        raise ReplayError("empty VW model", field="model")
     handle, path = tempfile.mkstemp(suffix=".vw")
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -277,7 +278,7 @@ def _reward_range(log: BanditLog, reward_min: float | None, reward_max: float | 
     if high is None:
         high = float(log.reward.max()) if log.n else 1.0
     if not (math.isfinite(low) and math.isfinite(high)) or high < low:
-        raise ValueError(f"reward range [{low}, {high}] is not a finite interval")
+        raise ReplayError(f"reward range [{low}, {high}] is not a finite interval", field="reward_range")
     return float(low), float(high)
 
 
@@ -462,7 +463,7 @@ def snapshot_target(log: BanditLog, model: bytes, *, config: LinearConfig | None
 def drop_context(log: BanditLog, group: str, feature: str | None = None) -> BanditLog:
     """A copy of ``log`` without context ``group`` (or only without ``group.feature``)."""
     if group not in CONTEXT_NAMESPACES:
-        raise ValueError(f"unknown context group {group!r}; one of {CONTEXT_NAMESPACES}")
+        raise ReplayError(f"unknown context group {group!r}; one of {CONTEXT_NAMESPACES}", field="group")
     contexts: list[Features] = []
     for context in log.contexts:
         if feature is None:
@@ -523,6 +524,6 @@ def feature_importance(
     for dotted in features:
         group, _, name = dotted.partition(".")
         if not name:
-            raise ValueError(f"feature {dotted!r} must be 'group.name'")
+            raise ReplayError(f"feature {dotted!r} must be 'group.name'", field="features")
         without[dotted] = value(drop_context(log, group, name))
     return FeatureImportance(baseline=value(log), without=without)

@@ -62,8 +62,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from analysis.dsjson import FormatError
-from analysis.log import BanditLog, LogError
+from analysis.errors import FormatError, LogError
+from analysis.log import BanditLog
 from bandits.features import FeatureValue
 from bandits.policies import Candidate
 
@@ -444,9 +444,10 @@ def read_obd_csv(
     ``logging_pmf``, ``n_positions``, ``n_items`` and the source.
     """
     if logging_pmf not in ("auto", "uniform", "chosen_only"):
-        raise ValueError(f"logging_pmf must be 'auto', 'uniform' or 'chosen_only', not {logging_pmf!r}")
+        raise LogError(f"logging_pmf must be 'auto', 'uniform' or 'chosen_only', not {logging_pmf!r}",
+                       field="logging_pmf")
     if n_positions is not None and (not isinstance(n_positions, int) or n_positions < 1):
-        raise ValueError("n_positions must be a positive integer")
+        raise LogError("n_positions must be a positive integer", field="n_positions")
     source = os.fspath(path)
     rows: list[tuple[str, float, str, int, float, float, dict[str, FeatureValue]]] = []
     with open(source, encoding="utf-8", newline="") as stream:

@@ -47,7 +47,7 @@ from api.auth import KeyStore, require_admin, require_decide
 from api.champion.feature import FEATURE as CHAMPION
 from api.champion.schemas import auto_optimize_setting
 from api.db import queries
-from api.db.engine import SQLITE_SYNCHRONOUS, checkpoint, make_engine, migrate
+from api.db.engine import checkpoint, make_engine, migrate
 from api.db.models import Policy, Slot
 from api.decide import Decider, unit_key
 from api.errors import ApiError, escape_log_records, exception_handlers
@@ -377,13 +377,13 @@ def create_app(settings: ServiceSettings | None = None) -> Litestar:
         sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
         if settings.auto_migrate:
             await asyncio.to_thread(migrate, settings.database_url)
-        engine = make_engine(settings.database_url, background_checkpoint=True)
-        metrics_ = Metrics()
+        engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous, background_checkpoint=True)
+        metrics_ = Metrics(multiprocess=settings.metrics_dir is not None)
         registry = Registry(engine, on_model=lambda name, v: metrics_.model_version.labels(name).set(v))
         await asyncio.to_thread(registry.refresh)
         # Load the User-Agent regexes and zone list now, not on the first request (~0.2 s).
         derive_context(RequestFacts(user_agent="Mozilla/5.0", timezone="UTC"), now=datetime.now(UTC))
-        commit_in_loop = settings.commit_in_loop and engine.dialect.name == "sqlite" and SQLITE_SYNCHRONOUS == "NORMAL"
+        commit_in_loop = settings.commit_in_loop and engine.dialect.name == "sqlite" and settings.sqlite_synchronous == "NORMAL"
         def on_batch(rows: int, path: str, seconds: float) -> None:
             metrics_.log_batch.observe(rows)
             metrics_.log_commit_seconds.labels(path).observe(seconds)

@@ -274,13 +274,18 @@ def check_event_token(secret: bytes, event_id: str, token: str | None) -> None:
         raise ApiError(401, "unauthorized", "missing or wrong beacon token for this event", "t")
 
 
+def _method(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    scope: Mapping[str, object] = connection.scope  # guards run on HTTP routes only: there is a method
+    return str(scope.get("method", "GET"))
+
+
 # Async on purpose: Litestar runs sync guards in a worker thread, a thread hop per request.
 # A cache miss does one indexed lookup; keys are few and cached for ttl_s.
 async def require_decide(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     authorize(connection.app.state.key_store, presented_key(connection.headers), DECIDE_SCOPES)
-    check_same_origin(connection.scope["method"], connection.headers)
+    check_same_origin(_method(connection), connection.headers)
 
 
 async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     authorize(connection.app.state.key_store, presented_key(connection.headers), ("admin",))
-    check_same_origin(connection.scope["method"], connection.headers)
+    check_same_origin(_method(connection), connection.headers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from api.settings import ServiceSettings
 
@@ -58,15 +59,17 @@ def _serve(args: argparse.Namespace, settings: ServiceSettings) -> int:
         settings = _replace(settings, embedded_learner=False)
     if args.workers > 1:
         # Worker processes build their app from the environment: hand the settings over there.
-        import os
         import shutil
         import tempfile
 
-        os.environ["SLOTBANDIT_DATABASE_URL"] = settings.database_url
-        os.environ["SLOTBANDIT_EMBEDDED_LEARNER"] = "1" if settings.embedded_learner else "0"
+        from api.settings import export_environment
+
         # /metrics sums over the workers (api.metrics); a fresh folder per run, no stale counts
         metrics_dir = tempfile.mkdtemp(prefix="slotbandit-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        export_environment(SLOTBANDIT_DATABASE_URL=settings.database_url,
+                           SLOTBANDIT_EMBEDDED_LEARNER="1" if settings.embedded_learner else "0",
+                           SLOTBANDIT_SQLITE_SYNCHRONOUS=settings.sqlite_synchronous,
+                           PROMETHEUS_MULTIPROC_DIR=metrics_dir)
         try:
             uvicorn.run("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
                         log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
@@ -86,7 +89,7 @@ def _keys(args: argparse.Namespace, settings: ServiceSettings) -> int:
     from api.errors import ApiError
 
     migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         if args.keys_command == "list":
             for k in list_keys(engine):
@@ -126,7 +129,7 @@ def _purge(args: argparse.Namespace, settings: ServiceSettings) -> int:
     if not 0 <= args.older_than <= MAX_RETENTION_DAYS:  # also refuses nan and inf
         print(f"--older-than must be a number of days within [0, {MAX_RETENTION_DAYS:,}]", file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         removed = purge_older_than(engine, args.older_than)
     finally:
@@ -148,10 +151,10 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _replace(settings: ServiceSettings, **changes: object) -> ServiceSettings:
+def _replace(settings: ServiceSettings, **changes: Any) -> ServiceSettings:
     import dataclasses
 
-    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(settings, **changes)
 
 
 def build_parser() -> argparse.ArgumentParser:

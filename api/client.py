@@ -96,31 +96,40 @@ class Client:
                exclude: Sequence[str] | None = None, consent: bool = True, defer_activation: bool = False,
                headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         body = _decide_body(event_id, unit_id, context, candidates, exclude, consent, defer_activation)
-        return self.request("POST", f"/v1/slots/{slot}/decide", body, headers)  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("POST", f"/v1/slots/{slot}/decide", body, headers)
+        return body_
 
     def activate(self, event_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/events/{event_id}/activate")  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("POST", f"/v1/events/{event_id}/activate")
+        return body_
 
     def reward(self, event_id: str, value: float, reward_id: str | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/v1/events/{event_id}/reward", _reward_body(value, reward_id))  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("POST", f"/v1/events/{event_id}/reward", _reward_body(value, reward_id))
+        return body_
 
     def put_slot(self, slot: str, **settings: Any) -> dict[str, Any]:
-        return self.request("PUT", f"/v1/slots/{slot}", settings)  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("PUT", f"/v1/slots/{slot}", settings)
+        return body_
 
     def put_block(self, slot: str, block: str, features: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return self.request("PUT", f"/v1/slots/{slot}/blocks/{block}", {"features": dict(features or {})})  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("PUT", f"/v1/slots/{slot}/blocks/{block}", {"features": dict(features or {})})
+        return body_
 
     def delete_block(self, slot: str, block: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/slots/{slot}/blocks/{block}")  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("DELETE", f"/v1/slots/{slot}/blocks/{block}")
+        return body_
 
     def put_policy(self, name: str, **config: Any) -> dict[str, Any]:
-        return self.request("PUT", f"/v1/policies/{name}", config)  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("PUT", f"/v1/policies/{name}", config)
+        return body_
 
     def slot(self, slot: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/slots/{slot}")  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("GET", f"/v1/slots/{slot}")
+        return body_
 
     def event(self, event_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/events/{event_id}")  # type: ignore[no-any-return]
+        body_: dict[str, Any] = self.request("GET", f"/v1/events/{event_id}")
+        return body_
 
 
 class AsyncClient:
@@ -148,10 +157,13 @@ class AsyncClient:
                      exclude: Sequence[str] | None = None, consent: bool = True, defer_activation: bool = False,
                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         body = _decide_body(event_id, unit_id, context, candidates, exclude, consent, defer_activation)
-        return await self.request("POST", f"/v1/slots/{slot}/decide", body, headers)  # type: ignore[no-any-return]
+        body_: dict[str, Any] = await self.request("POST", f"/v1/slots/{slot}/decide", body, headers)
+        return body_
 
     async def activate(self, event_id: str) -> dict[str, Any]:
-        return await self.request("POST", f"/v1/events/{event_id}/activate")  # type: ignore[no-any-return]
+        body_: dict[str, Any] = await self.request("POST", f"/v1/events/{event_id}/activate")
+        return body_
 
     async def reward(self, event_id: str, value: float, reward_id: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", f"/v1/events/{event_id}/reward", _reward_body(value, reward_id))  # type: ignore[no-any-return]
+        body_: dict[str, Any] = await self.request("POST", f"/v1/events/{event_id}/reward", _reward_body(value, reward_id))
+        return body_

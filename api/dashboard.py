@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 from sqlalchemy import func, select
 
 from api.auth import ADMIN_COOKIE, SESSION_S, check_same_origin, session_cookie
@@ -32,7 +33,7 @@ from api.db.models import Activation, Decision, Reward
 from api.experiments import list_experiments
 from api.pages import STATIC, environment
 from api.reports import render_report_page, report_for
-from api.state import AppState, ProvidedAppState
+from api.state import AnyRequest, AppState, ProvidedAppState
 
 __all__ = ["ROUTES"]
 
@@ -48,7 +49,7 @@ def _html(text: str, status: int = 200) -> Response[str]:
                              "Referrer-Policy": "same-origin"})
 
 
-def _admin(request: Request, state: AppState) -> bool:  # type: ignore[type-arg]
+def _admin(request: AnyRequest, state: AppState) -> bool:
     key = session_cookie(request.headers)
     if not key:
         header = request.headers.get("authorization", "")
@@ -77,12 +78,12 @@ def _counters(state: AppState) -> dict[str, dict[str, int]]:
 
 
 @get("/dashboard/login", sync_to_thread=False)
-def login_page(request: Request) -> Response[str]:  # type: ignore[type-arg]
+def login_page(request: AnyRequest) -> Response[str]:
     return _html(environment.get_template("login.html").render(error=None))
 
 
 @post("/dashboard/login", status_code=303)
-async def login(request: Request, app_state: ProvidedAppState,  # type: ignore[type-arg]
+async def login(request: AnyRequest, app_state: ProvidedAppState,
                 data: URLEncodedBody[dict[str, str]]) -> Response[str]:
     key = (data.get("key") or "").strip()
     check_same_origin("POST", {**request.headers, "content-type": ""})  # no login from another origin
@@ -91,7 +92,7 @@ async def login(request: Request, app_state: ProvidedAppState,  # type: ignore[t
         return _html(environment.get_template("login.html").render(error="That is not an admin key."), status=401)
     host = (request.url.hostname or "").lower()
     local_http = request.url.scheme == "http" and host in ("127.0.0.1", "localhost", "::1", "testserver.local")
-    response: Response[str] = Redirect("/dashboard", status_code=303)  # type: ignore[assignment]
+    response: Response[str] = Redirect("/dashboard", status_code=303)
     session = await asyncio.to_thread(app_state.key_store.open_session, key)  # the cookie is not the key
     response.set_cookie(COOKIE, session, httponly=True, secure=not local_http, samesite="strict", path="/",
                         max_age=SESSION_S)
@@ -99,16 +100,16 @@ async def login(request: Request, app_state: ProvidedAppState,  # type: ignore[t
 
 
 @post("/dashboard/logout", status_code=303)
-async def logout(request: Request) -> Response[str]:  # type: ignore[type-arg]
-    response: Response[str] = Redirect("/dashboard/login", status_code=303)  # type: ignore[assignment]
+async def logout(request: AnyRequest) -> Response[str]:
+    response: Response[str] = Redirect("/dashboard/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
 
 
 @get("/dashboard", sync_to_thread=True)
-def overview(request: Request, app_state: ProvidedAppState) -> Response[str]:  # type: ignore[type-arg]
+def overview(request: AnyRequest, app_state: ProvidedAppState) -> Response[str]:
     if not _admin(request, app_state):
-        return _login_redirect()  # type: ignore[return-value]
+        return _login_redirect()
     experiments = list_experiments(app_state.engine)
     by_slot: dict[str, list[dict[str, Any]]] = {}
     for e in experiments:
@@ -122,17 +123,17 @@ def overview(request: Request, app_state: ProvidedAppState) -> Response[str]:  #
 
 
 @get("/dashboard/counters.json", sync_to_thread=True)
-def counters(request: Request, app_state: ProvidedAppState) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+def counters(request: AnyRequest, app_state: ProvidedAppState) -> Response[dict[str, Any]]:
     if not _admin(request, app_state):
         return Response({"error": "unauthorized"}, status_code=401)
     return Response(_counters(app_state), headers={"Cache-Control": "no-store"})
 
 
 @get("/dashboard/experiments/{experiment_id:int}", sync_to_thread=True)
-def report_page(request: Request, app_state: ProvidedAppState, experiment_id: FromPath[int],  # type: ignore[type-arg]
+def report_page(request: AnyRequest, app_state: ProvidedAppState, experiment_id: FromPath[int],
                 bucket: FromQuery[str] = "auto") -> Response[str]:
     if not _admin(request, app_state):
-        return _login_redirect()  # type: ignore[return-value]
+        return _login_redirect()
     report = report_for(app_state, experiment_id, bucket)
     return _html(render_report_page(report))
 
@@ -150,7 +151,7 @@ def demo(app_state: ProvidedAppState, slot: FromQuery[str | None] = None) -> Res
     return _html(environment.get_template("demo.html").render(slot=chosen, key=key, blocks=blocks))
 
 
-ROUTES = [
+ROUTES: list[ControllerRouterHandler] = [
     login_page, login, logout, overview, counters, report_page, demo,
     create_static_files_router(path="/static", directories=[STATIC], send_as_attachment=False,
                                include_in_schema=False),

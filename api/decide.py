@@ -178,7 +178,7 @@ class Decider:
         ids = [c.id for c in candidates]
         fallback_reason: str | None = None
         trained = False
-        policy_kind = policy.config.kind if policy else "unknown"
+        policy_kind: str = policy.config.kind if policy else "unknown"
         model_version = policy.model_version if policy else 0
         try:
             if not consent or held_out or mode in ("apprentice", "logging-only"):

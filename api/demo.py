@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import threading
 import time
 
 import uvicorn
 
-from api.settings import ServiceSettings
+from api.settings import ServiceSettings, export_environment
 
 __all__ = ["DEMO_SLOT", "run_demo"]
 
@@ -55,10 +54,10 @@ def run_demo(settings: ServiceSettings, *, host: str, port: int, events: int, ex
     settings = dataclasses.replace(settings, demo=True, embedded_learner=True)
     # A demo audience is small and quick: snapshot often so the served model visibly improves
     # within the run (the learner child reads these; a value already set wins).
-    os.environ.setdefault("SLOTBANDIT_LEARNER_SNAPSHOT_EVERY", "250")
-    os.environ.setdefault("SLOTBANDIT_LEARNER_SNAPSHOT_INTERVAL_S", "3")
+    export_environment(overwrite=False, SLOTBANDIT_LEARNER_SNAPSHOT_EVERY="250",
+                       SLOTBANDIT_LEARNER_SNAPSHOT_INTERVAL_S="3")
     migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     admin_key = create_key(engine, "admin", "demo")
     decide_key = create_key(engine, "decide", "demo")
     engine.dispose()

@@ -26,13 +26,13 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api import schemas
 from api.auth import DECIDE_SCOPES, authorize, check_same_origin, presented_key
 from api.db import queries
-from api.db.models import CatalogVersion, utcnow
+from api.db.catalog import Logged, decision_candidates
+from api.db.models import utcnow
 from api.decide import Decider, response_from_row
 from api.errors import ApiError, as_api_error, count, is_database_outage, log_unavailable
 from api.log_writer import LogWriter
@@ -119,16 +119,11 @@ def find_decision(state: Any, event_id: str) -> dict[str, Any] | None:
         return queries.find_decision(connection, event_id)
 
 
-def _candidate_features(state: Any, row: dict[str, Any]) -> dict[str, Any]:
-    if row.get("inline_candidates"):
-        return {c["id"]: c["features"] for c in row["inline_candidates"]}
+def _candidate_features(state: Any, row: dict[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """The features of a logged decision's candidates by id (``api.db.catalog``)."""
     with state.engine.connect() as connection:
-        blocks = connection.execute(
-            select(CatalogVersion.blocks).where(
-                CatalogVersion.slot_id == row["slot_id"], CatalogVersion.version == row["catalog_version"]
-            )
-        ).scalar_one_or_none() or []
-    return {b["id"]: b.get("features", {}) for b in blocks}
+        candidates = decision_candidates(connection, Logged.of(row)) or ()
+    return {c.id: dict(c.features) for c in candidates}
 
 
 def existing_event(state: Any, event_id: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ in ``seq`` order after its cursor and, for each one that is *ready*,
 
 1. joins its rewards that arrived within the reward window (``created_at <=
    decision.created_at + slot.reward_window_s``) and aggregates them by the
-   slot's rule (:func:`aggregate_rewards`: sum / first / max, clipped to the
+   slot's rule (``bandits.rewards.aggregate``: sum / first / max, clipped to the
    slot's range, the slot's default reward when none came);
 2. learns it with the model's ``learn`` (``VWPolicy``, ``LinearPolicy``) on the exact
    candidates of the decision (its catalog version, or its inline candidates)
@@ -108,23 +108,27 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from api.champion.holdout import HOLDOUT_ARM
 from api.db.bulk import append_rows
+from api.db.catalog import CatalogCache
 from api.db.engine import write_lock
 from api.db.learning_models import LearnedDecision, LearnerLease
-from api.db.models import Activation, CatalogVersion, Decision, Policy, Reward, Slot, Snapshot
-from api.settings import ServiceSettings, settings_from_env
+from api.db.models import Activation, Decision, Policy, Reward, Slot, Snapshot
+from api.settings import ServiceSettings, child_environment, settings_from_env
 from bandits.choosers import MODEL_KINDS, LearningModel, build_model
 from bandits.errors import ModelError
-from bandits.policies import Candidate, PolicyConfig, cost_from_reward
+from bandits.policies import PolicyConfig
+from bandits.rewards import RewardRule, aggregate, cost_from_reward, is_final
 
 __all__ = [
     "Learner",
@@ -133,7 +137,6 @@ __all__ = [
     "SlotRules",
     "StepReport",
     "add_commands",
-    "aggregate_rewards",
     "append_snapshot",
     "count_late_rewards",
     "latest_snapshot",
@@ -233,8 +236,13 @@ class SlotRules:
     require_activation: bool
     default_block: str | None
 
+    @cached_property
+    def reward(self) -> RewardRule:
+        """The slot's reward rule (``bandits.rewards``): aggregation, default, range."""
+        return RewardRule(self.aggregation, self.default_reward, self.reward_min, self.reward_max)
+
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> SlotRules:
+    def from_row(cls, row: Mapping[str, Any] | RowMapping) -> SlotRules:
         return cls(
             window_s=float(row["reward_window_s"]),
             aggregation=row["reward_aggregation"],
@@ -244,35 +252,6 @@ class SlotRules:
             require_activation=bool(row["require_activation"]),
             default_block=row["default_block"],
         )
-
-
-def aggregate_rewards(values: Sequence[float], rules: SlotRules) -> float:
-    """The reward a decision is learned with: values in arrival order -> one number in range.
-
-    ``sum`` adds them, ``first`` keeps the earliest, ``max`` the largest; no
-    reward gives ``default_reward``. The result is clipped to
-    ``[reward_min, reward_max]``.
-    """
-    if not values:
-        value = rules.default_reward
-    elif rules.aggregation == "first":
-        value = values[0]
-    elif rules.aggregation == "max":
-        value = max(values)
-    else:
-        value = math.fsum(values)
-    return min(max(value, rules.reward_min), rules.reward_max)
-
-
-def _is_final(values: Sequence[float], rules: SlotRules) -> bool:
-    """Can no further reward change the aggregate? (``first``: any reward; ``max``: one at the top)."""
-    if not values:
-        return False
-    if rules.aggregation == "first":
-        return True
-    if rules.aggregation == "max":
-        return max(values) >= rules.reward_max
-    return False
 
 
 def _aware(moment: datetime) -> datetime:
@@ -537,7 +516,7 @@ class PolicyLearner:
 
     # -- learning
 
-    def step(self, now: datetime, slots: Mapping[int, SlotRules], catalogs: _CatalogCache) -> StepReport:
+    def step(self, now: datetime, slots: Mapping[int, SlotRules], catalogs: CatalogCache) -> StepReport:
         """Learn the ready decisions of one batch after the cursor; snapshot when due."""
         if not self.loaded:
             self.load()
@@ -599,7 +578,7 @@ class PolicyLearner:
             activated = activated_at is not None and activated_at <= window_end
             closed = horizon >= window_end
             if not closed:
-                early = _is_final([v for v, at in received if at <= horizon], rules) and (
+                early = is_final([v for v, at in received if at <= horizon], rules.reward) and (
                     not needs_activation or (activated_at is not None and activated_at <= horizon)
                 )
                 if not early:
@@ -623,7 +602,7 @@ class PolicyLearner:
         self.totals.skipped[reason] = self.totals.skipped.get(reason, 0) + 1
 
     def _learn(self, row: Any, rules: SlotRules, values: list[float], not_activated: bool,
-               catalogs: _CatalogCache) -> str | None:
+               catalogs: CatalogCache) -> str | None:
         """Learn one ready decision; returns the reason it was skipped, or None when learned."""
         mode = row.learning_mode
         if mode == "logging-only":
@@ -653,7 +632,7 @@ class PolicyLearner:
             list(row.candidate_ids) == [c.id for c in candidates]
         key = f"{row.slot_id}:{row.catalog_version}" if exact else None
         pmf = self.model.pmf(context, candidates, key)
-        reward = aggregate_rewards(values, rules)
+        reward = aggregate(values, rules.reward)
         if mode == "apprentice":
             default = rules.default_block
             ids = [c.id for c in candidates]
@@ -766,40 +745,6 @@ class _Refused(Exception):
     pass
 
 
-class _CatalogCache:
-    """Candidates of catalog versions (immutable, so cached for good)."""
-
-    def __init__(self) -> None:
-        self._versions: dict[tuple[int, int], tuple[Candidate, ...]] = {}
-
-    def load(self, connection: Connection, keys: Iterable[tuple[int, int]]) -> None:
-        missing = [key for key in keys if key not in self._versions]
-        for slot_id, version in missing:
-            blocks = connection.execute(
-                select(CatalogVersion.blocks).where(CatalogVersion.slot_id == slot_id, CatalogVersion.version == version)
-            ).scalar_one_or_none()
-            if blocks is not None:
-                self._versions[(slot_id, version)] = tuple(Candidate(b["id"], b.get("features") or {}) for b in blocks)
-
-    def candidates(self, row: Any) -> tuple[Candidate, ...] | None:
-        """The decision's candidates, with the features they had, in the logged order."""
-        if row.inline_candidates:
-            pool = {c["id"]: Candidate(c["id"], c.get("features") or {}) for c in row.inline_candidates}
-        elif row.catalog_version is not None:
-            version = self._versions.get((row.slot_id, row.catalog_version))
-            if version is None:
-                return None
-            if [c.id for c in version] == list(row.candidate_ids):
-                return version
-            pool = {c.id: c for c in version}
-        else:
-            return None
-        try:
-            return tuple(pool[block_id] for block_id in row.candidate_ids)
-        except KeyError:
-            return None
-
-
 # --------------------------------------------------------------------------- all policies
 
 
@@ -817,7 +762,7 @@ class Learner:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.on_snapshot = on_snapshot
         self.policies: dict[str, PolicyLearner] = {}
-        self._catalogs = _CatalogCache()
+        self._catalogs = CatalogCache()
         self._lock = threading.Lock()
         self._renewed: dict[str, float] = {}
 
@@ -964,7 +909,8 @@ async def startup(app: Any) -> None:
     settings: ServiceSettings = app.state.settings
     if not settings.embedded_learner:
         return
-    env = {**os.environ, "SLOTBANDIT_DATABASE_URL": settings.database_url, "SLOTBANDIT_AUTO_MIGRATE": "0"}
+    env = child_environment(SLOTBANDIT_DATABASE_URL=settings.database_url, SLOTBANDIT_AUTO_MIGRATE="0",
+                            SLOTBANDIT_SQLITE_SYNCHRONOUS=settings.sqlite_synchronous)
     process = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "learn", "--exit-with-parent", str(os.getpid()), "--nice", "10",
          "--log-level", "warning"],
@@ -1003,7 +949,7 @@ def _learn_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
         os.nice(args.nice)
     if settings.auto_migrate:
         migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     learner = Learner(engine, LearnerSettings.from_env(), policies=args.policy)
     try:
         if args.once:

@@ -49,9 +49,9 @@ log = logging.getLogger("slotbandit.log")
 
 Kind = Literal["decision", "activation", "reward"]
 _TABLES: dict[str, Table] = {
-    "decision": Decision.__table__,  # type: ignore[dict-item]
-    "activation": Activation.__table__,  # type: ignore[dict-item]
-    "reward": Reward.__table__,  # type: ignore[dict-item]
+    "decision": Decision.__table__,
+    "activation": Activation.__table__,
+    "reward": Reward.__table__,
 }
 
 

@@ -8,20 +8,18 @@ sum over all of them (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["Metrics", "multiprocess"]
-
-
-def multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+__all__ = ["Metrics"]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The service's metrics. ``multiprocess``: prometheus_client's multiprocess mode is on
+    (``ServiceSettings.metrics_dir``): the exposition sums over every worker's files."""
+
+    def __init__(self, *, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         self.decisions = Counter("slotbandit_decisions", "Decisions served", ["slot"], registry=self.registry)
         self.fallbacks = Counter(
@@ -53,7 +51,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format of every metric, summed over the workers in multiprocess mode."""
-        if multiprocess():
+        if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             return generate_latest(registry)

@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post, put
+from litestar import Response, get, post, put
 from litestar.params import FromPath, FromQuery
+from litestar.types import ControllerRouterHandler
 from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -55,8 +56,10 @@ from api.db.models import Decision, Policy, Snapshot
 from api.errors import ApiError
 from api.learner import LearnerSettings, append_snapshot, count_late_rewards, latest_snapshot
 from api.settings import ServiceSettings
+from api.state import AnyRequest
 from bandits.choosers import MODEL_KINDS, build_model, model_suffix
 from bandits.errors import ModelError
+from bandits.features import Features
 from bandits.policies import Candidate, PolicyConfig
 
 __all__ = [
@@ -92,7 +95,7 @@ def _root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-_PROBE_CONTEXT = {"time": {"hour": 9.0, "daypart": "morning"}, "device": {"type": "mobile"}}
+_PROBE_CONTEXT: Features = {"time": {"hour": 9.0, "daypart": "morning"}, "device": {"type": "mobile"}}
 _PROBE_CANDIDATES = [Candidate("check-a", {"category": "news"}), Candidate("check-b", {"category": "sports"})]
 
 
@@ -268,21 +271,22 @@ def _keep() -> int:
 # --------------------------------------------------------------------------- admin API
 
 
-def _engine(request: Request) -> Engine:  # type: ignore[type-arg]
-    return request.app.state.engine  # type: ignore[no-any-return]
+def _engine(request: AnyRequest) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
 
 
-def _refresh(request: Request) -> None:  # type: ignore[type-arg]
+def _refresh(request: AnyRequest) -> None:
     request.app.state.registry.refresh()
 
 
 @get("/v1/policies/{name:str}/snapshots", guards=[require_admin], sync_to_thread=True)
-def get_snapshots(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+def get_snapshots(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     return {"policy": name, "snapshots": list_snapshots(_engine(request), name)}
 
 
 @get("/v1/policies/{name:str}/model", guards=[require_admin])
-async def get_model(request: Request, name: FromPath[str], version: FromQuery[int | None] = None) -> Response[bytes]:  # type: ignore[type-arg]
+async def get_model(request: AnyRequest, name: FromPath[str], version: FromQuery[int | None] = None) -> Response[bytes]:
     found, model = await asyncio.to_thread(export_model, _engine(request), name, version)
     kind = await asyncio.to_thread(_policy_kind, _engine(request), name)
     return Response(model, media_type="application/octet-stream", headers={
@@ -292,7 +296,7 @@ async def get_model(request: Request, name: FromPath[str], version: FromQuery[in
 
 
 @put("/v1/policies/{name:str}/model", guards=[require_admin], request_max_body_size=MAX_MODEL_BYTES, status_code=201)
-async def put_model(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+async def put_model(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     model = await request.body()
     version = await asyncio.to_thread(import_model, _engine(request), name, model)
     await asyncio.to_thread(_refresh, request)
@@ -312,7 +316,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 
 @post("/v1/policies/{name:str}/reset", guards=[require_admin], status_code=201)
-async def post_reset(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+async def post_reset(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     data = _json_object(await request.body())
     from_start = data.get("from_start", False)
     if not isinstance(from_start, bool):
@@ -323,7 +327,7 @@ async def post_reset(request: Request, name: FromPath[str]) -> dict[str, Any]:  
 
 
 @post("/v1/policies/{name:str}/rollback", guards=[require_admin], status_code=201)
-async def post_rollback(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+async def post_rollback(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     target = _json_object(await request.body()).get("version")
     if not isinstance(target, int) or isinstance(target, bool) or target < 1:
         raise ApiError(422, "invalid_request", "version must be a positive integer", "version")
@@ -333,11 +337,11 @@ async def post_rollback(request: Request, name: FromPath[str]) -> dict[str, Any]
 
 
 @get("/v1/policies/{name:str}/learning", guards=[require_admin], sync_to_thread=True)
-def get_learning(request: Request, name: FromPath[str]) -> dict[str, Any]:  # type: ignore[type-arg]
+def get_learning(request: AnyRequest, name: FromPath[str]) -> dict[str, Any]:
     return learning_status(_engine(request), name)
 
 
-ROUTES = [get_snapshots, get_model, put_model, post_reset, post_rollback, get_learning]
+ROUTES: list[ControllerRouterHandler] = [get_snapshots, get_model, put_model, post_reset, post_rollback, get_learning]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -348,7 +352,7 @@ def _model_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
 
     if settings.auto_migrate:
         migrate(settings.database_url)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         action = args.model_command
         if action == "list":

@@ -2,9 +2,9 @@
 
 Loading (:func:`load_log`). A slot's decisions in ``seq`` order, each joined
 with the rewards that arrived within the slot's reward window and aggregated
-by the slot's rule (``api.learner.aggregate_rewards``: the very numbers the
+by the slot's rule (``bandits.rewards.aggregate``: the very numbers the
 learner learns with), the candidates with the features they had (their
-catalog version, or the inline candidates; ``api.learner``'s catalog cache),
+catalog version, or the inline candidates: ``api.db.catalog``),
 the context as logged. ``learnable`` is the learner's rule: False for
 fallbacks, decisions without consent, the slot's holdout (``api.champion.holdout``),
 and decisions that needed an activation (deferred, or the slot requires one) and
@@ -56,8 +56,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.params import FromPath, FromQuery
+from litestar.types import ControllerRouterHandler
 from msgspec import Meta, Struct
 from sqlalchemy import Engine, Text, cast, insert, select, update
 
@@ -68,23 +69,24 @@ from analysis.tabular import write_csv, write_parquet
 from api import schemas
 from api.auth import require_admin
 from api.champion.holdout import HOLDOUT_ARM
+from api.db.catalog import CatalogCache
 from api.db.evaluation_models import StoredEvaluation
 from api.db.models import Activation, Decision, Policy, Reward, Slot
-from api.db.queries import JsonMemo, upsert_policy
+from api.db.queries import JsonMemo, inserted_id, upsert_policy
 from api.errors import ApiError
 from api.learner import (
     LearnerSettings,
     SlotRules,
     _aware,
-    _CatalogCache,
-    aggregate_rewards,
     append_snapshot,
     latest_snapshot,
 )
+from api.state import AnyRequest
 from bandits.choosers import MODEL_KINDS
 from bandits.errors import InvalidPolicy
 from bandits.linear import LinearConfig
-from bandits.policies import Candidate, PolicyConfig, VWConfig, cost_from_reward
+from bandits.policies import Candidate, PolicyConfig, VWConfig
+from bandits.rewards import aggregate, cost_from_reward
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -178,7 +180,7 @@ def load_log(
             rows = connection.execute(query.order_by(d.c.seq)).all()
         rewards: dict[str, list[tuple[float, datetime]]] = {}
         activations: dict[str, datetime] = {}
-        catalogs = _CatalogCache()
+        catalogs = CatalogCache()
         if rows:
             span = (d.c.slot_id == slot_row["id"], d.c.seq >= rows[0].seq, d.c.seq <= rows[-1].seq)
             for event_id, value, created in connection.execute(
@@ -228,7 +230,7 @@ def load_log(
             "action_ids": ids,
             "pmf": decode(row.pmf),
             "chosen": int(row.chosen_index),
-            "reward": aggregate_rewards(values, rules),
+            "reward": aggregate(values, rules.reward),
             "arm": row.arm or row.policy_name,
             "context": decode(row.context) or {},
             "candidates": candidates,
@@ -401,7 +403,7 @@ def create_evaluation(engine: Engine, body: bytes) -> int:
             insert(StoredEvaluation).values(slot_name=request["slot"], status="pending", progress=0.0,
                                             request=request)
         )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        return inserted_id(result)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -650,12 +652,12 @@ def apply_candidate(engine: Engine, evaluation_id: int, candidate: str, *, force
 # --------------------------------------------------------------------------- admin API
 
 
-def _state(request: Request) -> Any:  # type: ignore[type-arg]
+def _state(request: AnyRequest) -> Any:
     return request.app.state
 
 
 @post("/v1/evaluations", guards=[require_admin], status_code=202)
-async def post_evaluation(request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+async def post_evaluation(request: AnyRequest) -> dict[str, Any]:
     state = _state(request)
     evaluation_id = await asyncio.to_thread(create_evaluation, state.engine, await request.body())
     runner: EvaluationRunner | None = getattr(state, "evaluation_runner", None)
@@ -665,17 +667,17 @@ async def post_evaluation(request: Request) -> dict[str, Any]:  # type: ignore[t
 
 
 @get("/v1/evaluations", guards=[require_admin], sync_to_thread=True)
-def get_evaluations(request: Request, slot: FromQuery[str | None] = None) -> dict[str, Any]:  # type: ignore[type-arg]
+def get_evaluations(request: AnyRequest, slot: FromQuery[str | None] = None) -> dict[str, Any]:
     return {"evaluations": list_evaluations(_state(request).engine, slot)}
 
 
 @get("/v1/evaluations/{evaluation_id:int}", guards=[require_admin], sync_to_thread=True)
-def get_evaluation(request: Request, evaluation_id: FromPath[int]) -> dict[str, Any]:  # type: ignore[type-arg]
+def get_evaluation(request: AnyRequest, evaluation_id: FromPath[int]) -> dict[str, Any]:
     return evaluation_dict(_state(request).engine, evaluation_id)
 
 
 @post("/v1/evaluations/{evaluation_id:int}/apply", guards=[require_admin], status_code=201)
-async def post_apply(request: Request, evaluation_id: FromPath[int]) -> dict[str, Any]:  # type: ignore[type-arg]
+async def post_apply(request: AnyRequest, evaluation_id: FromPath[int]) -> dict[str, Any]:
     state = _state(request)
     body: ApplyIn = _decode(await request.body(), ApplyIn)
     result = await asyncio.to_thread(apply_candidate, state.engine, evaluation_id, body.candidate, force=body.force)
@@ -683,7 +685,7 @@ async def post_apply(request: Request, evaluation_id: FromPath[int]) -> dict[str
     return result
 
 
-ROUTES = [post_evaluation, get_evaluations, get_evaluation, post_apply]
+ROUTES: list[ControllerRouterHandler] = [post_evaluation, get_evaluations, get_evaluation, post_apply]
 
 
 async def startup(app: Any) -> None:
@@ -715,7 +717,7 @@ def _cli_time(text: str | None, field: str) -> datetime | None:
 def _export_command(args: argparse.Namespace, settings: Any) -> int:
     from api.db.engine import make_engine
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         bandit_log = load_log(engine, args.slot, since=_cli_time(args.since, "since"),
                               until=_cli_time(args.until, "until"))
@@ -774,7 +776,7 @@ def _evaluate_command(args: argparse.Namespace, settings: Any) -> int:
         else:
             from api.db.engine import make_engine
 
-            engine = make_engine(settings.database_url)
+            engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
             try:
                 bandit_log = load_log(engine, args.slot, since=since, until=until, limit=args.limit)
                 if args.online == "snapshot":

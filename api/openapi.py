@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request
+from litestar.enums import MediaType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from msgspec import Meta, Struct
@@ -158,7 +159,7 @@ def _document_of(request: Request, generated: dict[str, Any]) -> dict[str, Any]:
 
 class _Json(OpenAPIRenderPlugin):
     def __init__(self) -> None:
-        super().__init__(path="/openapi.json", media_type="application/json")
+        super().__init__(path="/openapi.json", media_type=MediaType.JSON)
 
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:  # type: ignore[type-arg]
         return msgspec.json.encode(_document_of(request, openapi_schema))
@@ -168,7 +169,7 @@ class _Page(OpenAPIRenderPlugin):
     """``/schema``: every operation, its body and its statuses, as plain HTML."""
 
     def __init__(self) -> None:
-        super().__init__(path="/", media_type="text/html", favicon="", style="")
+        super().__init__(path="/", media_type=MediaType.HTML, favicon="", style="")
 
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:  # type: ignore[type-arg]
         doc = _document_of(request, openapi_schema)

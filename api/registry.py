@@ -28,7 +28,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from api.db.models import CatalogVersion, Policy, Slot, Snapshot
+from api.db.catalog import candidates_of, catalog_blocks
+from api.db.models import Policy, Slot, Snapshot
 from bandits.choosers import MODEL_KINDS, build_chooser
 from bandits.policies import Candidate, Chooser, PolicyConfig
 
@@ -170,14 +171,7 @@ class Registry:
 
     def _load_slot(self, connection: Any, name: str) -> SlotState:
         row = connection.execute(select(Slot.__table__).where(Slot.name == name)).mappings().one()
-        blocks: list[dict[str, Any]] = []
-        if row["catalog_version"]:
-            blocks = connection.execute(
-                select(CatalogVersion.blocks).where(
-                    CatalogVersion.slot_id == row["id"], CatalogVersion.version == row["catalog_version"]
-                )
-            ).scalar_one()
-        candidates = tuple(Candidate(b["id"], b.get("features", {})) for b in blocks)
+        candidates = candidates_of(catalog_blocks(connection, row["id"], row["catalog_version"]))
         return SlotState(
             id=row["id"],
             name=row["name"],

@@ -1,8 +1,15 @@
-"""Service settings: one typed object, read once from the environment.
+"""Settings: typed objects read once from the environment, and the one place that touches it.
 
 Every field is documented where it is declared and validated in
 ``__post_init__``. Environment variables are ``SLOTBANDIT_<FIELD>`` in upper
-case (e.g. ``SLOTBANDIT_DATABASE_URL``).
+case (e.g. ``SLOTBANDIT_DATABASE_URL``): :class:`ServiceSettings` for the
+service, ``api.learner.LearnerSettings`` (``SLOTBANDIT_LEARNER_<FIELD>``) for the
+learner, :class:`ClientKeys` for the command-line clients.
+
+No other module of ``api`` reads or writes ``os.environ``: they receive
+settings. The environment of child processes (the embedded learner, uvicorn's
+workers) is made here too (:func:`child_environment`, :func:`export_environment`).
+``tests/api/test_settings.py`` checks that no other file reads the environment.
 """
 
 from __future__ import annotations
@@ -12,9 +19,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["ServiceSettings", "SettingsError", "load_secret", "settings_from_env"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["ClientKeys", "ServiceSettings", "SettingsError", "child_environment", "export_environment",
+           "load_secret", "settings_from_env"]
 
 DEFAULT_DATABASE_URL = "sqlite:///var/slotbandit.db"
 
@@ -82,6 +93,12 @@ class ServiceSettings:
     personalizer_slot: str = "personalizer"
     """The slot that the Azure Personalizer surface (``/personalizer/...``) serves: one Personalizer
     "service" is one slot, created with the default settings at start-up when missing."""
+    sqlite_synchronous: str = "NORMAL"
+    """SQLite WAL durability: ``NORMAL`` survives a crash or kill of the process, ``FULL`` also a
+    power loss, at an fsync per group commit (``PRAGMA synchronous``). Ignored on PostgreSQL."""
+    metrics_dir: str | None = None
+    """prometheus_client's multiprocess folder, from its own variable ``PROMETHEUS_MULTIPROC_DIR``
+    (``slotbandit serve --workers N`` sets it): ``/metrics`` sums over the workers when set."""
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -101,17 +118,49 @@ class ServiceSettings:
             raise SettingsError("model_poll_interval_s must be within [0.05, 3600]")
         if not 0.05 <= self.checkpoint_interval_s <= 3600:
             raise SettingsError("checkpoint_interval_s must be within [0.05, 3600]")
+        object.__setattr__(self, "sqlite_synchronous", str(self.sqlite_synchronous).upper())
+        if self.sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise SettingsError("sqlite_synchronous must be NORMAL or FULL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> ServiceSettings:
-        return settings_from_env(cls, "SLOTBANDIT_", environ, overrides)
+        env = os.environ if environ is None else environ
+        metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR") or None
+        return settings_from_env(cls, "SLOTBANDIT_", env, {"metrics_dir": metrics_dir, **overrides})
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class ClientKeys:
+    """API keys of the command-line clients (``slotbandit simulate``) when not given as options."""
+
+    api_key: str | None = None
+    """``SLOTBANDIT_API_KEY``: a decide key."""
+    admin_key: str | None = None
+    """``SLOTBANDIT_ADMIN_KEY``: an admin key (to set a slot up)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientKeys:
+        return settings_from_env(cls, "SLOTBANDIT_", environ, {})
+
+
+def child_environment(**values: str) -> dict[str, str]:
+    """The environment of a child process: this process's, with ``values`` set."""
+    return {**os.environ, **values}
+
+
+def export_environment(*, overwrite: bool = True, **values: str) -> None:
+    """Set variables for processes started later that build their settings from the environment
+    (uvicorn's workers, the embedded learner); ``overwrite=False`` keeps values already set."""
+    for name, value in values.items():
+        if overwrite or name not in os.environ:
+            os.environ[name] = value
+
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def settings_from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None,
@@ -121,7 +170,7 @@ def settings_from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | No
     None default take a number, or ``none``/empty for None); ``overrides`` win. The class validates."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):
         raw = env.get(f"{prefix}{f.name.upper()}")
         if raw is None:
             continue

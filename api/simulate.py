@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ import httpx
 import numpy as np
 
 from api.client import AsyncClient, Client, ClientError
-from api.settings import ServiceSettings
+from api.settings import ClientKeys, ServiceSettings
 from bandits.simulation import Visitor, World
 
 __all__ = ["SimulationReport", "WindowFigures", "add_commands", "seed_world_slot", "simulate"]
@@ -320,10 +319,11 @@ def _normal(u1: float, u2: float) -> float:
 
 
 def _simulate_command(args: argparse.Namespace, settings: ServiceSettings) -> int:
-    api_key = args.api_key or os.environ.get("SLOTBANDIT_API_KEY")
+    keys = ClientKeys.from_env()
+    api_key = args.api_key or keys.api_key
     world = World(seed=args.seed)
     if args.setup:
-        admin = args.admin_key or os.environ.get("SLOTBANDIT_ADMIN_KEY")
+        admin = args.admin_key or keys.admin_key
         seed_world_slot(args.url, admin, args.slot, world, reward_window_s=args.window)
         api_key = api_key or admin
     report = asyncio.run(simulate(args.url, api_key, args.slot, args.events, seed=args.seed,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import SkipValidation
@@ -30,7 +31,10 @@ if TYPE_CHECKING:  # imported for the annotations only: api.experiments imports 
     from api.registry import Registry
     from api.settings import ServiceSettings
 
-__all__ = ["DEPENDENCIES", "AppState", "ProvidedAppState", "app_state_of"]
+__all__ = ["DEPENDENCIES", "AnyRequest", "AppState", "ProvidedAppState", "app_state_of"]
+
+AnyRequest = Request[Any, Any, State]
+"""A request as the handlers take it: no authenticated user or token types (keys are checked by guards)."""
 
 
 @dataclass

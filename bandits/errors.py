@@ -4,6 +4,7 @@ BanditError
 ├── InvalidFeature      a feature name or value that cannot be encoded (NaN, inf, too long, wrong type)
 ├── InvalidPolicy       a policy configuration outside the validated set
 ├── InvalidCandidates   an empty, duplicated or fully excluded candidate set
+├── InvalidReward       a reward rule (aggregation, range, default) or reward rows that do not fit it
 └── ModelError          a Vowpal Wabbit model that cannot be loaded or used
 
 Each carries ``field``: the dotted name of the offending input, so that the
@@ -12,7 +13,7 @@ service can answer with a 4xx that names it.
 
 from __future__ import annotations
 
-__all__ = ["BanditError", "InvalidCandidates", "InvalidFeature", "InvalidPolicy", "ModelError"]
+__all__ = ["BanditError", "InvalidCandidates", "InvalidFeature", "InvalidPolicy", "InvalidReward", "ModelError"]
 
 
 class BanditError(Exception):
@@ -31,6 +32,10 @@ class InvalidPolicy(BanditError):
 
 
 class InvalidCandidates(BanditError):
+    pass
+
+
+class InvalidReward(BanditError):
     pass
 
 

@@ -15,7 +15,7 @@ candidates. Kinds:
 The chooser of a config is made by ``bandits.choosers.build_chooser``, which
 imports every kind's module; this module imports none of ``rules``.
 
-Default VW configuration (ARCHITECTURE.md, "Default learning configuration"):
+Default VW configuration (docs/architecture.md, "Default VW configuration (evidence)"):
 SquareCB with ``--gamma_scale 1000``, context x action interactions and no
 linear terms for the shared (context) namespaces, costs in [0, 1]. In a
 bake-off on nine public datasets it scored 0.877 normalized against 0.729
@@ -37,6 +37,7 @@ import vowpalwabbit
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.features import Features, FeatureValue, action_line, shared_line
 from bandits.linear import LinearConfig
+from bandits.rewards import cost_from_reward
 
 __all__ = [
     "Candidate",
@@ -238,13 +239,6 @@ class PolicyConfig:
         if self.rules is not None:
             data["rules"] = dict(self.rules)
         return data
-
-
-def cost_from_reward(reward: float, reward_min: float, reward_max: float) -> float:
-    """Cost in [0, 1] for VW: (r_max - r) / (r_max - r_min), so untried actions look optimistic."""
-    span = reward_max - reward_min
-    clipped = min(max(reward, reward_min), reward_max)
-    return (reward_max - clipped) / span if span > 0 else 0.0
 
 
 class Chooser(Protocol):

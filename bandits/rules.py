@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from bandits.errors import InvalidPolicy
 from bandits.features import Features
@@ -84,7 +84,7 @@ MAX_STRING = 256
 Scalar = str | int | float | bool
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -113,7 +113,7 @@ class Condition:
     def holds(self, context: Features) -> bool:
         group = context.get(self.namespace)
         present = isinstance(group, Mapping) and self.name in group
-        actual = group[self.name] if present else None  # type: ignore[index]
+        actual = group[self.name] if isinstance(group, Mapping) and present else None
         op = self.op
         if op == "exists":
             return bool(present) is bool(self.value)
@@ -129,15 +129,15 @@ class Condition:
             return any(_equal(actual, v) for v in self.value)
         if not _is_number(actual):
             return False
-        x = float(actual)  # type: ignore[arg-type]
+        x = float(actual)
         if op == "lt":
-            return x < self.value
+            return bool(x < self.value)
         if op == "lte":
-            return x <= self.value
+            return bool(x <= self.value)
         if op == "gt":
-            return x > self.value
+            return bool(x > self.value)
         if op == "gte":
-            return x >= self.value
+            return bool(x >= self.value)
         low, high = self.value
         return bool(low <= x <= high)  # between, inclusive
 
@@ -191,7 +191,7 @@ def _parse_value(op: str, value: object, where: str) -> Any:
     if op in ("lt", "lte", "gt", "gte"):
         if not _is_number(value):
             raise InvalidPolicy(f"'{op}' needs a finite number", field=where)
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     if op == "between":
         if (not isinstance(value, list | tuple) or len(value) != 2
                 or not all(_is_number(v) for v in value)):

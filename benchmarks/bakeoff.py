@@ -88,7 +88,7 @@ breast_cancer 0.960, digits 0.898, segment 0.835, optdigits 0.926, satimage
 many-class datasets (digits, letter), where the exact-ridge peers learn more
 per example. The defaults of every peer beat ``vw`` on the mean (best default:
 cb-linucb 0.911), and ``vw`` misses both targets of issue 15 (0.96, letter
-0.43). ARCHITECTURE.md's earlier figures agree (0.877 default, 0.875 greedy,
+0.43). docs/architecture.md's earlier figures agree (0.877 default, 0.875 greedy,
 0.956 tuned LinUCB against 0.966 here). Scores above 1 are real: on small datasets one pass of
 SGD (the supervised reference) learns less than an exact ridge.
 """

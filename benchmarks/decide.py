@@ -305,9 +305,10 @@ def main() -> int:
         logged_after = connection.execute(select(func.count()).select_from(Decision)).scalar_one()
     engine.dispose()
 
-    from api.db.engine import SQLITE_SYNCHRONOUS
+    from api.settings import ServiceSettings
 
-    print(f"decide benchmark: {args.workers} worker(s), {args.candidates} candidates, SQLite log (WAL, synchronous={SQLITE_SYNCHRONOUS}, "
+    synchronous = ServiceSettings.from_env().sqlite_synchronous
+    print(f"decide benchmark: {args.workers} worker(s), {args.candidates} candidates, SQLite log (WAL, synchronous={synchronous}, "
           "group commit before each response)")
     print(f"  load average (1 min) before the run {load_before:.2f}, after {os.getloadavg()[0]:.2f} "
           f"(the run itself adds about 1.5; more means another job shared the {os.cpu_count()} cores)")

@@ -20,7 +20,7 @@ What a held-out decision is
 Lift (:func:`holdout_lift`)
     The slot's consented ``online`` decisions whose reward window has closed, split into
     ``holdout`` and ``personalized`` (everything else, experiment arms included), each decision
-    with the reward the learner would learn it with (``api.learner.aggregate_rewards``: the slot's
+    with the reward the learner would learn it with (``bandits.rewards.aggregate``: the slot's
     window and rule). Units are the unit of analysis: per (group, unit) the reward total and the
     decision count become ``analysis.experiments.ArmStats``, and
     ``analysis.experiments.analyze_experiment`` gives what an experiment report gives: per group
@@ -76,7 +76,8 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
     from analysis.experiments import AnalysisConfig, ArmStats, analyze_experiment
     from api.db.models import Decision, Reward, Slot
     from api.errors import ApiError
-    from api.learner import SlotRules, aggregate_rewards
+    from api.learner import SlotRules
+    from bandits.rewards import aggregate
 
     now = now or datetime.now(UTC)
     since = since or now - timedelta(days=LIFT_DEFAULT_DAYS)
@@ -111,7 +112,7 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
         if window_end > now:
             open_windows += 1
             continue
-        value = aggregate_rewards([v for v, at in rewards.get(row.event_id, ()) if at <= window_end], rules)
+        value = aggregate([v for v, at in rewards.get(row.event_id, ()) if at <= window_end], rules.reward)
         held = row.arm == HOLDOUT_ARM and row.experiment_id is None
         units, values = groups[HOLDOUT_ARM if held else "personalized"]
         units.append(row.unit_key or f"event:{row.event_id}")

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -16,27 +16,30 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
-__all__ = ["checkpoint", "make_engine", "migrate", "try_write_lock", "write_lock"]
+__all__ = ["SQLITE_SYNCHRONOUS_MODES", "checkpoint", "make_engine", "migrate", "try_write_lock", "write_lock"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SQLITE_SYNCHRONOUS = os.environ.get("SLOTBANDIT_SQLITE_SYNCHRONOUS", "NORMAL").upper()
-if SQLITE_SYNCHRONOUS not in ("NORMAL", "FULL"):
-    raise ValueError("SLOTBANDIT_SQLITE_SYNCHRONOUS must be NORMAL or FULL")
+SQLITE_SYNCHRONOUS_MODES = ("NORMAL", "FULL")
+"""``ServiceSettings.sqlite_synchronous``: what :func:`make_engine` accepts as ``synchronous``."""
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL: a committed transaction survives a crash or kill of the process (it is in the
-    # WAL file); only a power loss or OS crash can lose the last commits. FULL adds an fsync per
-    # commit for that case too. PostgreSQL, the production store, always fsyncs.
-    cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Callable[[DBAPIConnection, ConnectionPoolEntry], None]:
+    def on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a committed transaction survives a crash or kill of the process (it is in the
+        # WAL file); only a power loss or OS crash can lose the last commits. FULL adds an fsync per
+        # commit for that case too. PostgreSQL, the production store, always fsyncs.
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+    return on_connect
 
 
 def _json_dumps(value: object) -> str:
@@ -114,27 +117,32 @@ def try_write_lock(engine: Engine, wait_s: float) -> contextlib.AbstractContextM
     return lock.try_hold(wait_s) if lock is not None else contextlib.nullcontext(True)
 
 
-def _no_autocheckpoint(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _no_autocheckpoint(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
-def make_engine(url: str, *, background_checkpoint: bool = False) -> Engine:
+def make_engine(url: str, *, synchronous: str = "NORMAL", background_checkpoint: bool = False) -> Engine:
     """An engine for ``url``; SQLite files get WAL mode and their folder is created.
+
+    ``synchronous``: SQLite's ``PRAGMA synchronous`` (``NORMAL`` or ``FULL``: pass
+    ``ServiceSettings.sqlite_synchronous``); PostgreSQL ignores it.
 
     ``background_checkpoint``: commits never checkpoint the WAL themselves (SQLite's default
     makes the commit that crosses 1,000 pages copy them into the database and fsync, a stall of
     tens of milliseconds for every request waiting on that commit); the caller runs
     :func:`checkpoint` on its own thread instead. The server does; short-lived tools don't.
     """
+    if synchronous.upper() not in SQLITE_SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous must be one of {SQLITE_SYNCHRONOUS_MODES}, not {synchronous!r}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=8,
                                json_serializer=_json_dumps)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous.upper()))
         if background_checkpoint:
             event.listen(engine, "connect", _no_autocheckpoint)
         if parsed.database and parsed.database != ":memory:":

@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Engine, delete, func, insert, select, update
 
 from api.db.experiment_models import ReportChunk
 from api.db.models import Activation, Block, CatalogVersion, Decision, Policy, Reward, Slot, utcnow
 
 __all__ = [
     "JsonMemo",
+    "inserted_id",
     "active_block_ids",
     "deactivate_block",
     "erase_unit",
@@ -194,3 +195,11 @@ def reward_values(connection: Connection, event_id: str) -> list[tuple[str | Non
 
 def activated_at(connection: Connection, event_id: str) -> datetime | None:
     return connection.execute(select(Activation.created_at).where(Activation.event_id == event_id)).scalar_one_or_none()
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the one row an ``INSERT`` wrote."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the statement inserted no row")
+    return int(key[0])

@@ -24,8 +24,10 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from analysis.experiments import AnalysisConfig, ExperimentError
 from api import schemas
+from api.db.catalog import catalog_blocks
 from api.db.experiment_models import Experiment, ExperimentArm
-from api.db.models import CatalogVersion, Policy, Slot, Snapshot, utcnow
+from api.db.models import Policy, Slot, Snapshot, utcnow
+from api.db.queries import inserted_id
 from api.errors import ApiError
 from api.experiments.schemas import ExperimentIn
 from api.state import AppState
@@ -55,13 +57,7 @@ def slot_row(connection: Connection, name: str) -> Any:
 
 
 def _catalog_ids(connection: Connection, slot: Any) -> list[str]:
-    if not slot["catalog_version"]:
-        return []
-    blocks = connection.execute(
-        select(CatalogVersion.blocks).where(CatalogVersion.slot_id == slot["id"],
-                                            CatalogVersion.version == slot["catalog_version"])
-    ).scalar_one_or_none() or []
-    return [b["id"] for b in blocks]
+    return [b["id"] for b in catalog_blocks(connection, slot["id"], slot["catalog_version"]) or []]
 
 
 def _policy_config(request: schemas.PolicyRequest, field: str) -> PolicyConfig:
@@ -100,8 +96,10 @@ def check_policy_for_slot(config: PolicyConfig, catalog: Sequence[str], field: s
 
 
 def analysis_config(metric: str, analysis: Mapping[str, Any], binary: bool = False) -> AnalysisConfig:
-    values = {k: v for k, v in analysis.items() if k != "binary"}
-    return AnalysisConfig(metric=metric, binary=bool(analysis.get("binary", binary)), **values)  # type: ignore[arg-type]
+    # stored and requested values are plain JSON: AnalysisConfig.__post_init__ validates each one
+    # (an unknown metric is InvalidConfig naming "metric")
+    values: dict[str, Any] = {**{k: v for k, v in analysis.items() if k != "binary"}, "metric": metric}
+    return AnalysisConfig(binary=bool(analysis.get("binary", binary)), **values)
 
 
 def create_experiment(state: AppState, body: bytes) -> dict[str, Any]:
@@ -134,11 +132,11 @@ def create_experiment(state: AppState, body: bytes) -> dict[str, Any]:
         count = connection.execute(select(func.count()).select_from(Experiment)
                                    .where(Experiment.slot_id == slot["id"])).scalar_one()
         name = payload.name or f"{payload.slot}-{count + 1}"
-        experiment_id = connection.execute(insert(Experiment).values(
+        experiment_id = inserted_id(connection.execute(insert(Experiment).values(
             name=name, slot_id=slot["id"], status="draft", control_arm=payload.control, metric=payload.metric,
             learning_start=payload.learning_start, analysis=analysis, guardrails=guardrails,
             salt=secrets.token_hex(16), revision=1, created_at=utcnow(),
-        )).inserted_primary_key[0]  # type: ignore[index]
+        )))
         learning: dict[str, int] = {}
         for index, arm in enumerate(payload.arms):
             field = f"arms.{index}.policy"

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import get, post
 from litestar.params import FromPath, FromQuery
+from litestar.types import ControllerRouterHandler
 
 from api import hot_path
 from api.auth import check_event_token, require_admin
@@ -26,7 +27,7 @@ from api.experiments.lifecycle import (
     start_experiment,
     stop_experiment,
 )
-from api.state import AppState, ProvidedAppState
+from api.state import AnyRequest, AppState, ProvidedAppState
 
 __all__ = ["ROUTES"]
 
@@ -36,7 +37,7 @@ def _check_token(state: AppState, event_id: str, token: str | None) -> None:
 
 
 @post("/v1/experiments", guards=[require_admin], status_code=201)
-async def post_experiment(request: Request, app_state: ProvidedAppState) -> dict[str, Any]:  # type: ignore[type-arg]
+async def post_experiment(request: AnyRequest, app_state: ProvidedAppState) -> dict[str, Any]:
     return await asyncio.to_thread(create_experiment, app_state, await request.body())
 
 
@@ -72,11 +73,11 @@ async def beacon_activate(app_state: ProvidedAppState, event_id: FromPath[str],
 
 
 @post("/v1/beacon/{event_id:str}/reward", status_code=200)
-async def beacon_reward(request: Request, app_state: ProvidedAppState, event_id: FromPath[str],  # type: ignore[type-arg]
+async def beacon_reward(request: AnyRequest, app_state: ProvidedAppState, event_id: FromPath[str],
                         t: FromQuery[str | None] = None) -> dict[str, Any]:
     _check_token(app_state, event_id, t)
     return await hot_path.record_reward(app_state, event_id, _beacon_body(await request.body()))
 
 
-ROUTES = [post_experiment, get_experiments, get_experiment, post_start, post_stop,
+ROUTES: list[ControllerRouterHandler] = [post_experiment, get_experiments, get_experiment, post_start, post_stop,
           beacon_activate, beacon_reward]

@@ -11,7 +11,6 @@ the package's modules (and its tests); nothing else imports them.
     exposures.py        the report's rows (``ExperimentData``): shown decisions, aggregated rewards
     copy.py             the report copy (table ``report_chunks``): cursors, counts, chunks, claims
     keeper.py           the background pass that keeps running experiments' copies up to date
-    unit_statistics.py  per-unit sufficient statistics per arm, segment and time bucket
     offline.py          the offline section: each arm's current policy estimated on the log
     build.py            :func:`build_report`: statistics, guardrails, the in-process cache
     formats.py          Markdown and CSV
@@ -31,13 +30,13 @@ Report (:func:`build_report`)
     decisions (a walk of ``activations`` when they are fewer than the
     decisions, else a probe per decision) and the rewards received within
     ``reward_window_s`` (rows: seq, reward id, value) come from two more
-    queries; numpy aggregates the rewards with the slot's
-    ``reward_aggregation`` in reward-id order, clips to the reward range and
-    puts the slot's default reward where none came (the learner's rule).
+    queries; the slot's reward rule aggregates them in reward-id order
+    (``bandits.rewards.aggregate_many``: the array form of the learner's
+    rule, clipped to the reward range, the default reward where none came).
     Then per-unit sufficient statistics (``analysis.experiments.ArmStats``)
     per arm, per (segment, arm) and per first-exposure bucket, summed over
-    the (arm, unit) pairs found once; ``analysis.experiments`` does all
-    statistics. Decisions made with ``defer_activation`` and never activated
+    the (arm, unit) pairs found once (``analysis.unit_statistics``);
+    ``analysis.experiments`` does all statistics. Decisions made with ``defer_activation`` and never activated
     were never shown: they are excluded (and counted). The numbers equal
     those of the plain row-by-row computation (``tests/api/test_reports.py``).
     A report is cached in the process per (experiment, bucket, offline, data

@@ -33,12 +33,12 @@ from analysis.experiments import (
     cumulative_series,
     guardrail_checks,
 )
+from analysis.unit_statistics import ArmUnits, group_totals, stats_by_arm, unit_stats
 from api.db.models import Policy, Reward, Snapshot
 from api.experiments import analysis_config, read_experiment, slot_row
 from api.reports.exposures import SEGMENT_DIMENSIONS, ExperimentData
 from api.reports.offline import _offline_inputs, _offline_section
 from api.reports.scan import _seq_range, fetch_experiment_data
-from api.reports.unit_statistics import _ArmUnits, _by_arm, _group_totals, _unit_stats
 
 __all__ = ["REPORT_CACHE_SIZE", "REPORT_CACHE_TTL_S", "build_report", "clear_report_cache", "latency_quantiles"]
 
@@ -173,12 +173,12 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
     binary = bool(data.reward.size) and bool(np.all((data.reward == 0.0) | (data.reward == 1.0)))
     config = analysis_config(experiment["metric"], experiment["analysis"], binary)
     n_arms = len(arms)
-    pairs = _ArmUnits(data.arm, data.unit, n_arms)
+    pairs = ArmUnits(data.arm, data.unit, n_arms)
     y = pairs.sums(data.reward)
-    arm_stats = _by_arm(_group_totals(pairs.arm, y, pairs.x, n_arms), arms)
+    arm_stats = stats_by_arm(group_totals(pairs.arm, y, pairs.x, n_arms), arms)
     result = analyze_experiment(arm_stats, control=control, shares=shares, config=config)
     # guardrail: each arm's fallback rate (per decision, unit-clustered) against control's, one-sided
-    fallbacks = _by_arm(_group_totals(pairs.arm, pairs.sums(data.fallback.astype(np.float64)), pairs.x, n_arms), arms)
+    fallbacks = stats_by_arm(group_totals(pairs.arm, pairs.sums(data.fallback.astype(np.float64)), pairs.x, n_arms), arms)
     sorted_units: list[np.ndarray] = []
 
     def by_unit() -> np.ndarray:  # made once, if a segment that varies within a unit needs it
@@ -222,19 +222,19 @@ def _report_statistics(experiment: Mapping[str, Any], slot: Mapping[str, Any], d
         owner = pairs.owner(codes, n_arms)
         varying = pairs.segment_stats(codes, len(labels), data.reward, n_arms) if owner is None else None
         if owner is not None:
-            stats = _group_totals(owner, y, pairs.x, len(labels) * n_arms)
+            stats = group_totals(owner, y, pairs.x, len(labels) * n_arms)
         elif varying is not None:
             stats = varying
         else:
-            stats = _unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
-        by_segment = {label: _by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}
+            stats = unit_stats(codes * n_arms + data.arm, data.unit, data.reward, len(labels) * n_arms, by_unit)
+        by_segment = {label: stats_by_arm(stats[s * n_arms:(s + 1) * n_arms], arms) for s, label in enumerate(labels)}
         segments[dimension] = analyze_segments(by_segment, dimension=dimension, control=control, shares=shares,
                                                config=config).to_dict()
 
     # time series: each unit counted in the bucket of its first exposure (exact cumulative sums)
     n_buckets = len(data.bucket_labels)
-    series_stats = _group_totals(data.bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, n_buckets * n_arms)
-    buckets = [(data.bucket_labels[b], _by_arm(series_stats[b * n_arms:(b + 1) * n_arms], arms))
+    series_stats = group_totals(data.bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, n_buckets * n_arms)
+    buckets = [(data.bucket_labels[b], stats_by_arm(series_stats[b * n_arms:(b + 1) * n_arms], arms))
                for b in range(n_buckets)]
     series = cumulative_series(buckets, control=control, shares=shares, config=config).to_dict()
     series["bucket"] = bucket

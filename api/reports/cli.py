@@ -21,7 +21,7 @@ def _report_command(args: argparse.Namespace, settings: Any) -> int:
 
     from api.db.engine import make_engine
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     try:
         experiment_id = _resolve_experiment(engine, args.experiment)
         if experiment_id is None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from api.reports.columns import _Columns
 from api.reports.sql import _NO_ARM
+from bandits.rewards import RewardRule, aggregate_many
 
 __all__ = ["SEGMENT_DIMENSIONS", "ExperimentData"]
 
@@ -74,25 +75,12 @@ def _exposures(columns: _Columns, slot: Mapping[str, Any], bucket: str, source: 
 
 def _aggregate_rewards(seq: np.ndarray, r_seq: np.ndarray, r_id: np.ndarray, value: np.ndarray,
                        slot: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Per decision: the aggregated, clipped reward (default when none came) and whether any came."""
+    """Per decision (``seq``, ascending): the slot's reward rule (``bandits.rewards.aggregate_many``)
+    over the reward rows ``(r_seq, r_id, value)`` of those decisions, in reward-id (arrival) order;
+    rows of other decisions are ignored."""
     n = seq.size
-    rewarded = np.zeros(n, dtype=bool)
-    reward = np.full(n, float(slot["default_reward"]))
-    if not r_seq.size:
-        return reward, rewarded
     position = np.searchsorted(seq, r_seq)
-    found = (position < n) & (seq[np.minimum(position, n - 1)] == r_seq)
+    found = (position < n) & (seq[np.minimum(position, n - 1)] == r_seq) if n else np.zeros(r_seq.size, dtype=bool)
     order = np.lexsort((r_id[found], position[found]))
-    position, value = position[found][order], value[found][order]
-    start = np.flatnonzero(np.r_[True, position[1:] != position[:-1]])
-    at = position[start]
-    aggregation = slot["reward_aggregation"]
-    if aggregation == "max":
-        total = np.maximum.reduceat(value, start)
-    elif aggregation == "first":
-        total = value[start]
-    else:  # sum, in reward-id order
-        total = np.bincount(position, weights=value, minlength=n)[at]
-    rewarded[at] = True
-    reward[at] = np.clip(total, slot["reward_min"], slot["reward_max"])
-    return reward, rewarded
+    rule = RewardRule(slot["reward_aggregation"], slot["default_reward"], slot["reward_min"], slot["reward_max"])
+    return aggregate_many(position[found][order], value[found][order], n, rule)

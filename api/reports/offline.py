@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, Engine, select
 
-from api.db.models import CatalogVersion, Policy, Snapshot
+from api.db.catalog import CatalogCache, Logged
+from api.db.models import Policy, Snapshot
 from api.db.queries import JsonMemo
 from api.reports.exposures import ExperimentData
 from api.reports.scan import _map_file, _one_row, _rows
@@ -50,6 +51,7 @@ class _OfflineInputs:
     targets: Mapping[str, np.ndarray]  # arm -> (n, A) pmf of its current policy
     errors: Mapping[str, str]  # arm -> why its policy could not be evaluated
     total: int                 # the experiment's decisions the sample was drawn from
+
 
 
 def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping[str, Any],
@@ -87,11 +89,8 @@ def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping
         else:
             rows = _rows(raw, f"SELECT {columns.format('(', ')::text')} FROM decisions WHERE seq = ANY(%s) "
                               "ORDER BY seq", (sample.tolist(),))
-        catalogs: dict[int, dict[str, Candidate]] = {}
-        for version in {r[1] for r in rows if r[1]}:
-            blocks = connection.execute(select(CatalogVersion.blocks).where(
-                CatalogVersion.slot_id == slot["id"], CatalogVersion.version == version)).scalar_one_or_none() or []
-            catalogs[version] = {b["id"]: Candidate(b["id"], b.get("features", {})) for b in blocks}
+        catalogs = CatalogCache()
+        catalogs.load(connection, {(slot["id"], r[1]) for r in rows if r[1]})
         choosers = {arm["name"]: _chooser(policies, arm["policy"], connection) for arm in experiment["arms"]}
     decode = JsonMemo()
     n = len(rows)
@@ -107,13 +106,10 @@ def _offline_inputs(engine: Engine, experiment: Mapping[str, Any], slot: Mapping
         if k is None:
             ids = [str(v) for v in decode(row[3])]
             inline = decode(row[2])
-            if inline:
-                candidates = tuple(Candidate(c["id"], c.get("features", {})) for c in inline)
-                cache_key = None
-            else:
-                catalog = catalogs.get(row[1] or 0, {})
-                candidates = tuple(catalog.get(b, Candidate(b)) for b in ids)
-                cache_key = f"report:{row[1]}:{row[3]}"
+            logged = Logged(slot["id"], row[1], inline, ids)
+            # a decision whose candidates cannot be rebuilt is evaluated on bare ids (as api.offline.load_log)
+            candidates = catalogs.candidates(logged) or tuple(Candidate(b) for b in ids)
+            cache_key = None if inline else f"report:{row[1]}:{row[3]}"
             k = set_index[key] = len(sets)
             sets.append((candidates, ids, cache_key))
         row_set[i] = k

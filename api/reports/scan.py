@@ -158,7 +158,7 @@ def _read_rows(connection: Connection, experiment_id: int, arms: Sequence[str], 
         raise ValueError(f"at most {_NO_ARM} arms")
     dialect = connection.dialect.name
     parts = _sql_parts(dialect)
-    raw = connection.connection.driver_connection
+    raw: Any = connection.connection.driver_connection  # sqlite3's or psycopg's connection
     sqlite = dialect == "sqlite"
     params = (experiment_id, after.seq, top)
     span = top - max(low, after.seq + 1) + 1  # at least the number of decisions read
@@ -182,9 +182,9 @@ def _read_rows(connection: Connection, experiment_id: int, arms: Sequence[str], 
         (_reward_query(parts, rewards_first, tail=False), (experiment_id, top, after.reward, window))]
     if copied and after.reward != _BEFORE_ALL:
         reward_queries.append((_reward_query(parts, False, tail=True), (*params, after.reward, window)))
-    factory = raw.text_factory if sqlite else None  # type: ignore[union-attr]
+    factory = raw.text_factory if sqlite else None
     if sqlite:
-        raw.text_factory = bytes  # type: ignore[union-attr]  # the joined columns need no str decoding
+        raw.text_factory = bytes  # the joined columns need no str decoding
         _map_file(raw)
     # The rewards and activations are read on a second connection while this one scans the decisions
     # (each query waits in the database, not in Python). Both are bounded by the same largest seq.
@@ -195,7 +195,7 @@ def _read_rows(connection: Connection, experiment_id: int, arms: Sequence[str], 
             n, blobs = _one_row(raw, _main_query(parts, arms, probe), params) if span > 0 else (0, [])
         finally:
             if sqlite:
-                raw.text_factory = factory  # type: ignore[union-attr]
+                raw.text_factory = factory
         rewards, activated = side.result()
         try:
             units_seen, first_row, h1_rows, h2_rows = (unit_groups.result() if unit_groups is not None

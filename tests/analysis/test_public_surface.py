@@ -15,20 +15,21 @@ import pytest
 import analysis
 
 PINNED = [
-    "IPS", "METHODS", "MIPS", "SNDR", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "ArmResult", "ArmStats",
-    "BanditLog", "Comparison", "ConfidenceSequence", "DRos", "Diagnostics", "DirectMethod", "DoublyRobust", "Estimate", "EstimatorError", "EvaluatedPolicy",
-    "Evaluation", "EvaluationError", "EvaluationPoint", "EventData", "ExperimentComparison", "ExperimentError",
-    "ExperimentResult", "FeatureImportance", "FormatError", "HealthRow", "Interval", "LogError", "LoggingHealth",
-    "PowerAnalysis", "RatioStatistic", "Recommendation", "Replay", "ReplayResult", "RewardModel",
-    "RidgeRewardModel", "SampleMeanStatistic", "SampleRatioCheck", "SegmentBreakdown", "SeriesPoint", "Slope",
-    "SubGaussianDR", "SubGaussianIPS", "SwitchDR",
-    "TimeSeries", "analyze_experiment", "analyze_segments", "bernstein_interval", "block_embedding",
-    "bootstrap_interval",
-    "check_logging", "chooser_target", "confidence_sequence", "contributions", "cumulative_series", "diagnose",
-    "drop_context", "estimate", "evaluate", "feature_importance", "fixed_target", "logging_target",
-    "make_estimator", "normal_interval", "paired_difference", "per_event_target", "power_analysis", "read_csv",
-    "read_dsjson", "read_obd_csv", "read_parquet", "recommend", "render_table", "replay", "sample_ratio_check",
-    "snapshot_target", "snips_value", "uniform_target", "write_csv", "write_dsjson", "write_parquet",
+    "IPS", "METHODS", "MIPS", "SNDR", "SNIPS", "STANDARD_CANDIDATES", "AnalysisConfig", "AnalysisError",
+    "ArmResult", "ArmStats", "ArmUnits", "BanditLog", "Comparison", "ConfidenceSequence", "DRos", "Diagnostics",
+    "DirectMethod", "DoublyRobust", "Estimate", "EstimatorError", "EvaluatedPolicy", "Evaluation",
+    "EvaluationError", "EvaluationPoint", "EventData", "ExperimentComparison", "ExperimentError",
+    "ExperimentResult", "FeatureImportance", "FormatError", "HealthRow", "Interval", "LogError",
+    "LoggingHealth", "PowerAnalysis", "RatioStatistic", "Recommendation", "Replay", "ReplayError",
+    "ReplayResult", "RewardModel", "RidgeRewardModel", "SampleMeanStatistic", "SampleRatioCheck",
+    "SegmentBreakdown", "SeriesPoint", "Slope", "SubGaussianDR", "SubGaussianIPS", "SwitchDR", "TimeSeries",
+    "analyze_experiment", "analyze_segments", "arm_stats", "bernstein_interval", "block_embedding",
+    "bootstrap_interval", "check_logging", "chooser_target", "confidence_sequence", "contributions",
+    "cumulative_series", "diagnose", "drop_context", "estimate", "evaluate", "feature_importance",
+    "fixed_target", "logging_target", "make_estimator", "normal_interval", "paired_difference",
+    "per_event_target", "power_analysis", "read_csv", "read_dsjson", "read_obd_csv", "read_parquet",
+    "recommend", "render_table", "replay", "sample_ratio_check", "snapshot_target", "snips_value",
+    "uniform_target", "unit_stats", "write_csv", "write_dsjson", "write_parquet",
 ]
 
 

@@ -24,10 +24,10 @@ from api.learner import (
     SlotRules,
     StepReport,
     acquire_lease,
-    aggregate_rewards,
     count_late_rewards,
 )
 from api.schemas import DecideRequest, decode
+from bandits.rewards import RewardRule
 from bandits.simulation import World
 
 SLOT = "home.hero"
@@ -114,21 +114,10 @@ RULES = SlotRules(window_s=60, aggregation="sum", default_reward=0.1, reward_min
                   require_activation=False, default_block=None)
 
 
-@pytest.mark.parametrize(
-    ("aggregation", "values", "expected"),
-    [
-        ("sum", [], 0.1),
-        ("sum", [0.25, 0.5], 0.75),
-        ("sum", [0.75, 0.5], 1.0),  # clipped to reward_max
-        ("first", [0.25, 0.75], 0.25),
-        ("max", [0.25, 0.75, 0.5], 0.75),
-        ("max", [-3.0], 0.0),  # clipped to reward_min
-        ("first", [], 0.1),
-    ],
-)
-def test_aggregate_rewards(aggregation: str, values: list[float], expected: float) -> None:
-    rules = SlotRules(**{**RULES.__dict__, "aggregation": aggregation})
-    assert aggregate_rewards(values, rules) == pytest.approx(expected)
+def test_slot_rules_carry_the_reward_rule() -> None:
+    """The learner applies ``bandits.rewards`` (tested there) with the slot's rule."""
+    assert RULES.reward == RewardRule("sum", 0.1, 0.0, 1.0)
+    assert RULES.reward is RULES.reward  # made once per slot, not per decision
 
 
 def test_learner_settings_from_env() -> None:

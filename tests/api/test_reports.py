@@ -642,35 +642,6 @@ def _kept_rows(engine, eid: int) -> list[bool]:
     return [(not r.deferred or r.event_id in activated) and r.arm in ("a", "b", "c") for r in rows]
 
 
-@pytest.mark.parametrize("units", [50, 5000])  # dense bins, and sparse units (np.unique)
-def test_arm_unit_pairs_give_the_sums_of_a_grouping_of_rows(units) -> None:
-    """Arm, segment and first-exposure statistics summed over (arm, unit) pairs equal, bit for bit, those of
-    grouping the rows again (``_unit_stats``), for a segment constant within a unit and one that is not."""
-    import numpy as np
-
-    from api.reports.unit_statistics import _ArmUnits, _group_totals, _unit_stats
-
-    rng = np.random.default_rng(units)
-    n, n_arms = 600, 3
-    unit = rng.integers(0, units, n) * (1 if units == 50 else 97)
-    arm = (unit * 7 + (rng.random(n) < 0.05)) % n_arms  # sticky, with a few units in two arms
-    reward = rng.choice([0.0, 1.0, 0.1, 1 / 3], n)
-    pairs = _ArmUnits(arm, unit, n_arms)
-    y = pairs.sums(reward)
-    assert _group_totals(pairs.arm, y, pairs.x, n_arms) == _unit_stats(arm, unit, reward, n_arms)
-    country = unit % 5
-    owner = pairs.owner(country, n_arms)
-    assert owner is not None
-    assert _group_totals(owner, y, pairs.x, 5 * n_arms) == _unit_stats(country * n_arms + arm, unit, reward, 5 * n_arms)
-    daypart = rng.integers(0, 4, n)  # changes within a unit
-    assert pairs.owner(daypart, n_arms) is None
-    assert pairs.segment_stats(daypart, 4, reward, n_arms) == _unit_stats(daypart * n_arms + arm, unit, reward, 4 * n_arms)
-    bucket = np.sort(rng.integers(0, 6, n))
-    first_bucket = np.array([bucket[np.flatnonzero((unit == u) & (arm == a))[0]] for u, a in zip(unit, arm, strict=True)])
-    assert _group_totals(bucket[pairs.first] * n_arms + pairs.arm, y, pairs.x, 6 * n_arms) == \
-        _unit_stats(first_bucket * n_arms + arm, unit, reward, 6 * n_arms)
-
-
 def test_migration_0006_adds_the_report_copy_to_a_database_with_experiments(database_url, monkeypatch) -> None:
     """A log written before 0006 upgrades in place; its experiment's first report builds the copy from the log,
     and the next one, read from the copy, is the same report."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from api.learner import LearnerSettings
-from api.settings import ServiceSettings, SettingsError
+from api.settings import ClientKeys, ServiceSettings, SettingsError
 
 
 def test_service_settings_parse_each_type() -> None:
@@ -48,3 +51,23 @@ def test_learner_settings_use_their_own_prefix() -> None:
     assert s.batch_size == 7 and s.lease_ttl_s == 5.0
     with pytest.raises(ValueError):
         LearnerSettings.from_env({"SLOTBANDIT_LEARNER_LEASE_TTL_S": "0.1"})
+
+
+def test_sqlite_durability_and_the_metrics_folder_are_settings() -> None:
+    s = ServiceSettings.from_env({"SLOTBANDIT_SQLITE_SYNCHRONOUS": "full", "PROMETHEUS_MULTIPROC_DIR": "/tmp/m"})
+    assert s.sqlite_synchronous == "FULL" and s.metrics_dir == "/tmp/m"
+    assert ServiceSettings.from_env({}).sqlite_synchronous == "NORMAL" and ServiceSettings.from_env({}).metrics_dir is None
+    with pytest.raises(SettingsError, match="sqlite_synchronous"):
+        ServiceSettings.from_env({"SLOTBANDIT_SQLITE_SYNCHRONOUS": "OFF"})
+    assert ClientKeys.from_env({"SLOTBANDIT_API_KEY": "k", "SLOTBANDIT_ADMIN_KEY": "a"}) == ClientKeys("k", "a")
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """Every other module receives settings: ``os.environ`` and ``getenv`` appear in api/settings.py only."""
+    root = Path(__file__).resolve().parents[2]
+    readers = sorted(
+        str(path.relative_to(root)) for package in ("api", "bandits", "analysis")
+        for path in (root / package).rglob("*.py")
+        if re.search(r"os\.environ|getenv|environ\.get", path.read_text(encoding="utf-8"))
+    )
+    assert readers == ["api/settings.py"]

@@ -1,5 +1,30 @@
-"""Per-unit sufficient statistics of the report's rows (``analysis.experiments.ArmStats``) per arm,
-per (segment, arm) and per first-exposure bucket, summed over the (arm, unit) pairs found once."""
+"""Per-unit sufficient statistics (:class:`~analysis.experiments.ArmStats`) from row columns:
+numpy in, ``ArmStats`` out, for a notebook as for the service's report.
+
+An experiment's rows are decisions; its unit of analysis is the unit (user or session) each
+decision was made for. With ``Y_i`` the total reward and ``X_i`` the decision count of unit ``i``
+within a group (an arm, an arm in one segment, an arm in one time bucket), a group's ``ArmStats``
+are the sums ``n, sum Y, sum Y^2, sum X, sum X^2, sum XY`` over its units: the input of
+:func:`analysis.analyze_experiment` (the unit-level delta method of Deng et al. 2018).
+
+From a notebook, on columns of an exported log::
+
+    from analysis.unit_statistics import arm_stats
+    stats = arm_stats(arm, unit, reward, arms=("control", "treatment"))   # {"control": ArmStats, ...}
+    result = analysis.analyze_experiment(stats, control="control", shares={"control": 0.5, "treatment": 0.5})
+
+Functions (all rows are numpy arrays of one length, codes are integers from 0):
+
+* :func:`arm_stats` — per arm name, the simplest call;
+* :func:`unit_stats` — per group code, for any grouping of the rows (segments, buckets);
+* :class:`ArmUnits` — the (arm, unit) pairs found once, so that many breakdowns of one report
+  (arms, guardrails, segments, the time series) are sums over the same pairs;
+* :func:`group_totals` — ``ArmStats`` per group from per-pair totals; :func:`stats_by_arm` names them.
+
+Every way runs its floating-point sums in the same order, pairs in (group, unit) order and each
+pair's rewards in row order, so the numbers do not depend on the way they were found
+(``tests/analysis/test_unit_statistics.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +34,30 @@ import numpy as np
 
 from analysis.experiments import ArmStats
 
-__all__: list[str] = []  # shared with the package's modules only
+__all__ = ["ArmUnits", "arm_stats", "group_totals", "stats_by_arm", "unit_stats"]
 
 
-def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int,
+def arm_stats(arm: np.ndarray, unit: np.ndarray, reward: np.ndarray, arms: Sequence[str]) -> dict[str, ArmStats]:
+    """Per arm name, the per-unit ``ArmStats`` of the rows.
+
+    ``arm``: (n,) int index into ``arms``; ``unit``: (n,) int unit code (any non-negative integers);
+    ``reward``: (n,) float, each decision's reward. A unit seen in two arms counts once in each.
+    """
+    arm = np.asarray(arm, dtype=np.int64)
+    pairs = ArmUnits(arm, np.asarray(unit, dtype=np.int64), len(arms))
+    totals = group_totals(pairs.arm, pairs.sums(np.asarray(reward, dtype=np.float64)), pairs.x, len(arms))
+    return stats_by_arm(totals, arms)
+
+
+def unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_groups: int,
                 by_unit: Callable[[], np.ndarray] | None = None) -> list[ArmStats]:
     """Per-unit sufficient statistics per group: ``ArmStats`` of each group code in [0, n_groups).
 
     Each (group, unit) pair is one unit of that group with ``Y`` = its reward total
     and ``X`` = its decision count (the unit-level aggregation of ``analysis.experiments``).
-    ``by_unit``: gives ``argsort(unit, kind="stable")``, shared by the calls of one report.
+    ``group``: (n,) int group code in [0, n_groups); ``unit``: (n,) non-negative int unit code;
+    ``reward``: (n,) float. ``by_unit``: gives ``argsort(unit, kind="stable")``, shared by the
+    calls of one report (it speeds up the sparse case).
 
     Pairs are visited in (group, unit) order and each pair's rewards summed in row order,
     whichever way they are found, so the floating-point sums do not depend on the way.
@@ -50,12 +89,15 @@ def _unit_stats(group: np.ndarray, unit: np.ndarray, reward: np.ndarray, n_group
         x = np.bincount(inverse).astype(np.float64)
         owner = pairs // (int(unit.max()) + 1)
 
-    return _group_totals(owner, y, x, n_groups)
+    return group_totals(owner, y, x, n_groups)
 
 
-def _group_totals(owner: np.ndarray, y: np.ndarray, x: np.ndarray, n_groups: int) -> list[ArmStats]:
-    """``ArmStats`` per group from per-pair reward totals ``y`` and decision counts ``x`` (pairs in
-    (group, unit) order within each group, so every sum runs in unit order)."""
+def group_totals(owner: np.ndarray, y: np.ndarray, x: np.ndarray, n_groups: int) -> list[ArmStats]:
+    """``ArmStats`` per group from per-pair reward totals ``y`` and decision counts ``x``.
+
+    ``owner``: (p,) int, the group of each (group, unit) pair; pairs in (group, unit) order within
+    each group, so every sum runs in unit order. Groups without a pair get ``ArmStats.empty()``
+    sums (zero units)."""
 
     def total(values: np.ndarray) -> np.ndarray:
         return np.bincount(owner, weights=values, minlength=n_groups)
@@ -66,13 +108,16 @@ def _group_totals(owner: np.ndarray, y: np.ndarray, x: np.ndarray, n_groups: int
                      float(sums[3][g]), float(sums[4][g])) for g in range(n_groups)]
 
 
-class _ArmUnits:
+class ArmUnits:
     """The (arm, unit) pairs of the report's rows in (arm, unit) order: each pair is one unit of one arm.
 
     Found once per report; the arm statistics, the fallback guardrail and the time series (a unit in
     the bucket of its first exposure) are sums over these pairs, and so is a segment breakdown whose
     segment never changes within a pair (device type and country usually don't; else
-    :func:`_unit_stats` groups the rows again). Every sum runs in the order :func:`_unit_stats` uses.
+    :func:`unit_stats` groups the rows again). Every sum runs in the order :func:`unit_stats` uses.
+
+    Attributes: ``size`` the number of pairs; ``arm`` (size,) each pair's arm; ``x`` (size,) its
+    decision count; ``first`` (size,) its first row; ``of_row`` (n,) each row's pair.
     """
 
     def __init__(self, arm: np.ndarray, unit: np.ndarray, n_arms: int) -> None:
@@ -102,7 +147,7 @@ class _ArmUnits:
         return np.bincount(self.of_row, weights=values, minlength=self.size)
 
     def segment_stats(self, codes: np.ndarray, n_codes: int, reward: np.ndarray, n_arms: int) -> list[ArmStats] | None:
-        """:func:`_unit_stats` of groups ``code * n_arms + arm`` for a row code that may change within a
+        """:func:`unit_stats` of groups ``code * n_arms + arm`` for a row code that may change within a
         pair: dense bins over (pair, code), pairs taken in (arm, unit) order as there; None when
         the bins would outnumber the rows eightfold."""
         space = self.size * n_codes
@@ -113,7 +158,7 @@ class _ArmUnits:
         present = np.flatnonzero(count)
         y = np.bincount(key, weights=reward, minlength=space)[present]
         owner = (present % n_codes) * n_arms + self.arm[present // n_codes]
-        return _group_totals(owner, y, count[present].astype(np.float64), n_codes * n_arms)
+        return group_totals(owner, y, count[present].astype(np.float64), n_codes * n_arms)
 
     def owner(self, codes: np.ndarray, n_arms: int) -> np.ndarray | None:
         """Per pair, ``code * n_arms + arm`` of a row code constant within every pair; None if it is not."""
@@ -123,5 +168,6 @@ class _ArmUnits:
         return at_first * n_arms + self.arm
 
 
-def _by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStats]:
+def stats_by_arm(stats: Sequence[ArmStats], arms: Sequence[str]) -> dict[str, ArmStats]:
+    """``{arms[i]: stats[i]}``: group statistics by arm name (one slice of a breakdown)."""
     return {name: stats[i] for i, name in enumerate(arms)}
