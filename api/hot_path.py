@@ -64,9 +64,11 @@ async def serve_decision(state: Any, slot: str, body: bytes, headers: Mapping[st
     decider: Decider = state.decider
     writer: LogWriter = state.writer
     request = schemas.decode_request(body, schemas.DecideRequest)
-    slot_state = decider.registry.slots.get(slot) or await asyncio.to_thread(decider.slot, slot)
+    held = decider.registry.slots.get(slot)
+    slot_state = held if held is not None else await asyncio.to_thread(decider.slot, slot)
     if not slot_state.candidates and request.candidates is None:  # blocks just added on another worker?
-        slot_state = await asyncio.to_thread(decider.registry.read_through, slot, slot_state) or slot_state
+        fresh = await asyncio.to_thread(decider.registry.read_through, slot, slot_state)
+        slot_state = fresh or slot_state
     if request.event_id is not None:
         stored = writer.pending(request.event_id) or await _event_log(
             asyncio.to_thread(find_decision, state, request.event_id), slot_state)

@@ -153,7 +153,8 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
         "p_value": comparison.p_value, "significant": comparison.significant,
     }
     result["verdicts"] = list(analysis.verdicts)
-    return _plain(result)
+    plain: dict[str, Any] = _plain(result)
+    return plain
 
 
 def _shares(share: float) -> dict[str, float]:

@@ -190,7 +190,8 @@ def _iso(moment: Any) -> str | None:
         return None
     from datetime import UTC
 
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    text: str = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return text
 
 
 def _as_dict(row: Any) -> dict[str, Any]:
