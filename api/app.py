@@ -45,7 +45,7 @@ from api import (
 )
 from api.auth import KeyStore, require_admin, require_decide
 from api.champion.feature import FEATURE as CHAMPION
-from api.champion.schemas import auto_optimize_setting
+from api.champion.optimize import auto_optimize_setting
 from api.db import queries
 from api.db.engine import checkpoint, make_engine, migrate
 from api.db.models import Policy, Slot

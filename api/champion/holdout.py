@@ -76,8 +76,7 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
     from analysis.experiments import AnalysisConfig, ArmStats, analyze_experiment
     from api.db.models import Decision, Reward, Slot
     from api.errors import ApiError
-    from api.learner import SlotRules
-    from bandits.rewards import aggregate
+    from bandits.rewards import RewardRule, aggregate
 
     now = now or datetime.now(UTC)
     since = since or now - timedelta(days=LIFT_DEFAULT_DAYS)
@@ -86,7 +85,8 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
         slot_row = connection.execute(select(Slot.__table__).where(Slot.name == slot)).mappings().first()
         if slot_row is None:
             raise ApiError(404, "unknown_slot", f"slot '{slot}' does not exist", "slot")
-        rules = SlotRules.from_row(dict(slot_row))
+        rule = RewardRule(slot_row["reward_aggregation"], float(slot_row["default_reward"]),
+                          float(slot_row["reward_min"]), float(slot_row["reward_max"]))
         bound = since if engine.dialect.name != "sqlite" else since.astimezone(UTC).replace(tzinfo=None)
         rows = connection.execute(
             select(d.c.seq, d.c.event_id, d.c.unit_key, d.c.arm, d.c.experiment_id, d.c.created_at)
@@ -104,7 +104,7 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
             ):
                 rewards.setdefault(event_id, []).append((float(value), _aware(created)))
     share = float(slot_row["holdout_share"] or 0.0)
-    window = timedelta(seconds=rules.window_s)
+    window = timedelta(seconds=float(slot_row["reward_window_s"]))
     groups: dict[str, tuple[list[str], list[float]]] = {HOLDOUT_ARM: ([], []), "personalized": ([], [])}
     open_windows = 0
     for row in rows:
@@ -112,7 +112,7 @@ def holdout_lift(engine: Any, slot: str, *, since: datetime | None = None, now: 
         if window_end > now:
             open_windows += 1
             continue
-        value = aggregate([v for v, at in rewards.get(row.event_id, ()) if at <= window_end], rules.reward)
+        value = aggregate([v for v, at in rewards.get(row.event_id, ()) if at <= window_end], rule)
         held = row.arm == HOLDOUT_ARM and row.experiment_id is None
         units, values = groups[HOLDOUT_ARM if held else "personalized"]
         units.append(row.unit_key or f"event:{row.event_id}")

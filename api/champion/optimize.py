@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.champion.challengers import serving_policy
 from api.champion.revisions import promote, record_recommendation
+from api.champion.schemas import AutoOptimizeIn
 from api.db.champion_models import AutoOptimizeState
 from api.db.engine import write_lock
 from api.db.evaluation_models import StoredEvaluation
@@ -134,7 +135,7 @@ def run_due(engine: Engine, now: datetime | None = None) -> list[dict[str, Any]]
 
 
 def _setting(slot_row: Mapping[str, Any]) -> dict[str, Any]:
-    from api.champion.schemas import AutoOptimizeIn, auto_optimize_setting
+    from api.champion.schemas import AutoOptimizeIn
 
     return auto_optimize_setting(AutoOptimizeIn(**(slot_row.get("auto_optimize") or {})))
 
@@ -270,3 +271,17 @@ def _train_on_log(engine: Engine, slot_row: Mapping[str, Any], config: Any, sinc
     metrics: dict[str, Any] = {"decisions_learned": trained.learned, "pv_loss": loss,
                "pv_loss_sum": (loss or 0.0) * trained.learned, "late_rewards": 0, "skipped": {}}
     return trained.model, int(bandit_log.meta["last_seq"]), metrics
+
+
+def auto_optimize_setting(setting: AutoOptimizeIn) -> dict[str, Any]:
+    """The stored form of a validated setting; its candidate configurations are checked (422 naming
+    ``auto_optimize.candidates.<name>.<option>``). Here, not in ``api.champion.schemas``: it needs
+    ``api.offline``, which needs ``api.schemas``, which holds ``AutoOptimizeIn`` (no import circle)."""
+    import msgspec
+
+    from api.offline import candidate_configs, candidate_options
+
+    configs = candidate_configs(setting.candidates, field="auto_optimize.candidates")
+    stored: dict[str, Any] = msgspec.structs.asdict(setting)
+    stored["candidates"] = {name: candidate_options(config) for name, config in configs.items()}
+    return stored

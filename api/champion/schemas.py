@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
-__all__ = ["AutoOptimizeIn", "RunIn", "auto_optimize_setting"]
+__all__ = ["AutoOptimizeIn", "RunIn"]
 
 MAX_SETTING_CANDIDATES = 10
 """Most candidate configurations an auto-optimize setting names (each is a replay per run)."""
@@ -40,14 +39,3 @@ class RunIn(Struct, forbid_unknown_fields=True):
 
     mode: Literal["dry-run", "apply"] | None = None
     """Default: the setting's mode (``dry-run`` when the setting is off)."""
-
-
-def auto_optimize_setting(setting: AutoOptimizeIn) -> dict[str, Any]:
-    """The stored form of a validated setting; its candidate configurations are checked (422 naming
-    ``auto_optimize.candidates.<name>.<option>``)."""
-    from api.offline import candidate_configs, candidate_options
-
-    configs = candidate_configs(setting.candidates, field="auto_optimize.candidates")
-    stored: dict[str, Any] = msgspec.structs.asdict(setting)
-    stored["candidates"] = {name: candidate_options(config) for name, config in configs.items()}
-    return stored
