@@ -149,6 +149,7 @@ import numpy.typing as npt
 
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.features import CONTEXT_NAMESPACES, Features, FeatureValue
+from bandits.options import check_int, check_number
 
 if TYPE_CHECKING:  # policies imports this module for PolicyConfig; candidates are duck-typed here
     from bandits.policies import Candidate
@@ -172,15 +173,11 @@ def _field(name: str) -> str:
 
 
 def _check_number(name: str, value: object, low: float, high: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise InvalidPolicy(f"{name} must be a finite number", field=_field(name))
-    if not low <= value <= high:
-        raise InvalidPolicy(f"{name} must be within [{low}, {high}]", field=_field(name))
+    check_number("policy.linear", name, value, low, high)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidPolicy(f"{name} must be an integer within [{low}, {high}]", field=_field(name))
+    check_int("policy.linear", name, value, low, high)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import vowpalwabbit
 from bandits.errors import InvalidPolicy, ModelError
 from bandits.features import Features, FeatureValue, action_line, shared_line
 from bandits.linear import LinearConfig
+from bandits.options import check_int, check_number
 from bandits.rewards import cost_from_reward
 
 __all__ = [
@@ -69,10 +70,7 @@ class Candidate:
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise InvalidPolicy(f"{name} must be a finite number", field=f"policy.vw.{name}")
-    if not low <= value <= high:
-        raise InvalidPolicy(f"{name} must be within [{low}, {high}]", field=f"policy.vw.{name}")
+    check_number("policy.vw", name, value, low, high)
 
 
 @dataclass(frozen=True)
@@ -128,8 +126,7 @@ class VWConfig:
         _check_range("power_t", self.power_t, 0.0, 1.0)
         _check_range("l2", self.l2, 0.0, 1.0)
         for name, value, high in (("cover", self.cover, 64), ("bag", self.bag, 64), ("first", self.first, 10**7), ("bits", self.bits, 28)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
-                raise InvalidPolicy(f"{name} must be an integer within [1, {high}]", field=f"policy.vw.{name}")
+            check_int("policy.vw", name, value, 1, high)
         if self.bits < 10:
             raise InvalidPolicy("bits must be at least 10", field="policy.vw.bits")
         if not isinstance(self.interactions, tuple) or len(self.interactions) > 20:
