@@ -487,16 +487,14 @@ class PolicyLearner:
             self.model, self.version, self.cursor, self.totals = build_model(self.config), 0, 0, _Totals()
         else:
             trained = bool(snap.metrics.get("trained", True)) and bool(snap.model)
-            self.model = build_model(self.config)
+            loaded: LearningModel | None = None
             if trained:
                 try:
                     loaded = build_model(self.config, snap.model)
                 except ModelError as error:  # e.g. the policy changed kind: the old bytes are another model's
                     log.warning("policy %s: snapshot v%d does not load as a %s model (%s); learning on from a "
                                 "fresh model", self.name, snap.version, self.config.kind, error)
-                else:
-                    self.model.close()
-                    self.model = loaded
+            self.model = loaded if loaded is not None else build_model(self.config)
             self.version, self.cursor, self.totals = snap.version, snap.cursor, _Totals.from_metrics(snap.metrics)
         old.close()
         self.snapshot_cursor = self.cursor
